@@ -1,0 +1,9 @@
+"""Tiny models, tokenizers and processors built in memory (random weights, no downloads).
+
+They serve as the offline demo's default model and as the test suite's fixtures.
+"""
+
+from .musicgen import tiny_musicgen, tiny_musicgen_config, tiny_musicgen_processor
+from .tokenizers import WORDS, make_t5_tokenizer
+
+__all__ = ["WORDS", "make_t5_tokenizer", "tiny_musicgen", "tiny_musicgen_config", "tiny_musicgen_processor"]
