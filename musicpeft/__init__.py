@@ -1,1 +1,24 @@
-__version__ = '0.1.0'
+"""musicpeft: parameter-efficient fine-tuning methods for text-to-music models, as a peft plugin.
+
+Importing this package registers its methods with peft, so that `get_peft_model`, `save_pretrained`
+and `PeftModel.from_pretrained` work with them.
+"""
+
+from . import adapter_files
+from .adapter_files import AdapterFileError, allow_pickle_adapters
+from .families import FAMILIES, UnsupportedModelError, family_of
+from .tuners import SoftMusicPromptConfig, SoftMusicPromptModel
+
+__version__ = "0.1.0"
+
+adapter_files.install()
+
+__all__ = [
+    "AdapterFileError",
+    "allow_pickle_adapters",
+    "FAMILIES",
+    "SoftMusicPromptConfig",
+    "SoftMusicPromptModel",
+    "UnsupportedModelError",
+    "family_of",
+]

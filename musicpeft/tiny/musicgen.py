@@ -13,20 +13,52 @@ def tiny_musicgen_config(text_width: int = 32, decoder_width: int = 32, num_code
 
     vocab = len(make_t5_tokenizer())
     text = T5Config(
-        vocab_size=vocab, d_model=text_width, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=vocab,
+        d_model=text_width,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     audio = EncodecConfig(
-        sampling_rate=16000, audio_channels=1, num_filters=4, hidden_size=16, codebook_size=64,
-        codebook_dim=16, upsampling_ratios=[8, 5, 4], num_lstm_layers=1, target_bandwidths=[2.4],
-        chunk_length_s=None, overlap=None, normalize=False, compress=2, kernel_size=7,
-        last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2, use_causal_conv=False,
-        pad_mode="reflect", trim_right_ratio=1.0, codebook_dim_override=None,
+        sampling_rate=16000,
+        audio_channels=1,
+        num_filters=4,
+        hidden_size=16,
+        codebook_size=64,
+        codebook_dim=16,
+        upsampling_ratios=[8, 5, 4],
+        num_lstm_layers=1,
+        target_bandwidths=[2.4],
+        chunk_length_s=None,
+        overlap=None,
+        normalize=False,
+        compress=2,
+        kernel_size=7,
+        last_kernel_size=7,
+        residual_kernel_size=3,
+        dilation_growth_rate=2,
+        use_causal_conv=False,
+        pad_mode="reflect",
+        trim_right_ratio=1.0,
+        codebook_dim_override=None,
     )
     decoder = MusicgenDecoderConfig(
-        vocab_size=64, max_position_embeddings=512, num_hidden_layers=2, ffn_dim=64,
-        num_attention_heads=4, hidden_size=decoder_width, num_codebooks=num_codebooks,
-        pad_token_id=64, bos_token_id=64, decoder_start_token_id=64, audio_channels=1,
+        vocab_size=64,
+        max_position_embeddings=512,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=4,
+        hidden_size=decoder_width,
+        num_codebooks=num_codebooks,
+        pad_token_id=64,
+        bos_token_id=64,
+        decoder_start_token_id=64,
+        audio_channels=1,
+        initializer_factor=0.1,  # std 0.1 rather than 0.02, so a random decoder listens to its text
     )
     cfg = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     cfg.decoder_start_token_id = 64

@@ -1,0 +1,139 @@
+"""The soft-prompt tuner: finds the family's text encoder, wraps it, and keeps the attention mask in step."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from ...families import FAMILIES, family_of, get_submodule
+from .layer import SoftPromptLayer
+
+# model_type -> text encoder module, for peft's automatic target selection.
+_TARGETS = {
+    model_type: [family.text_encoders[0].module]
+    for family in FAMILIES
+    for model_type in family.model_types
+    if family.text_encoders
+}
+
+
+class SoftMusicPromptModel(BaseTuner):
+    """Prompt tuning for text-to-music models, as an injection-style peft tuner.
+
+    Stock peft prompt tuning cannot serve MusicGen (two text configs, and the mask that the decoder's
+    cross-attention reads is not extended), so the prompt lives in a layer around the text encoder, and a
+    forward pre-hook on the adapted model extends the attention mask that the rest of the model reads.
+    """
+
+    prefix: str = "soft_prompt_"
+    tuner_layer_cls = SoftPromptLayer
+    target_module_mapping = _TARGETS
+
+    def _prepare_adapter_config(self, config: Any, model_config: dict) -> Any:
+        """Resolve the target from the model family and check family and width, before any module is touched."""
+        model = self.model
+        family = family_of(model)
+        if config.base_family is not None and config.base_family != family.name:
+            raise ValueError(
+                f"This soft prompt was made for the {config.base_family!r} family, but the base model is "
+                f"{type(model).__name__} ({family.name!r})."
+            )
+        slot = family.text_encoder(config.text_encoder)
+        encoder = get_submodule(model, config.target_modules) if isinstance(config.target_modules, str) else None
+        encoder = encoder if encoder is not None else get_submodule(model, slot.module)
+        if isinstance(encoder, SoftPromptLayer):
+            encoder = encoder.base_layer
+        width = encoder.get_input_embeddings().weight.shape[1]
+        if config.token_dim is not None and config.token_dim != width:
+            raise ValueError(
+                f"Soft prompt width {config.token_dim} does not match the {slot.name} text encoder of "
+                f"{type(model).__name__}, whose width is {width}."
+            )
+        config.base_family = family.name
+        config.token_dim = width
+        if config.target_modules is None:
+            config.target_modules = re.escape(slot.module)
+        return config
+
+    def _create_and_replace(
+        self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs
+    ) -> None:
+        if isinstance(target, SoftPromptLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        if not hasattr(target, "get_input_embeddings"):
+            raise TypeError(
+                f"Soft prompts wrap a text encoder with get_input_embeddings(); {current_key!r} is "
+                f"{type(target).__name__}."
+            )
+        new_module = SoftPromptLayer(target, adapter_name, peft_config)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # BaseTuner's version copies `.weight` (a text encoder has none) and would move the prompt to the meta
+        # device of an offloaded encoder; the layer has already placed the prompt on the execution device.
+        setattr(parent, child_name, new_module)
+
+    def _post_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
+        if getattr(self, "_mask_hook", None) is None:
+            self._mask_hook = model.register_forward_pre_hook(self._extend_mask, with_kwargs=True)
+
+    def _prompt_layers(self) -> list[SoftPromptLayer]:
+        return [m for m in self.model.modules() if isinstance(m, SoftPromptLayer)]
+
+    def _extend_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Grow the model-level attention mask to the text encoder's (prompted) output length."""
+        mask_kwarg = family_of(module).extra.get("mask_kwarg", "attention_mask")
+        mask = kwargs.get(mask_kwarg)
+        if mask is None:
+            return None
+        layers = self._prompt_layers()
+        extra = sum(sum(layer.num_active_tokens()) for layer in layers)
+        if extra == 0:
+            return None
+        encoder_outputs = kwargs.get("encoder_outputs")
+        if encoder_outputs is not None:
+            states = (
+                encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else encoder_outputs.last_hidden_state
+            )
+            if mask.shape[1] + extra != states.shape[1]:
+                return None  # already extended, or encoder outputs computed without the prompt
+        for layer in layers:
+            mask = layer.extend_attention_mask(mask)
+        kwargs[mask_kwarg] = mask
+        return args, kwargs
+
+    def _remove_mask_hook(self) -> None:
+        hook = getattr(self, "_mask_hook", None)
+        if hook is not None:
+            hook.remove()
+            self._mask_hook = None
+
+    def merge_and_unload(self, *args, **kwargs) -> nn.Module:
+        raise NotImplementedError(
+            "A soft prompt adds positions to the text encoder's input; it has no weights to merge. "
+            "Use unload() to get the base model back, or keep the PeftModel for inference."
+        )
+
+    def unload(self) -> nn.Module:
+        self._remove_mask_hook()
+        return self._unload_and_optionally_merge(merge=False)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        if not self._prompt_layers():
+            self._remove_mask_hook()
+
+    @torch.no_grad()
+    def prompt_embeddings(self, adapter_name: str = "default") -> torch.Tensor:
+        """The learned prompt vectors of an adapter, `[num_virtual_tokens, width]`."""
+        for layer in self._prompt_layers():
+            if adapter_name in layer.soft_prompt_embeddings:
+                return layer.soft_prompt_embeddings[adapter_name].detach().clone()
+        raise KeyError(f"No soft prompt named {adapter_name!r}.")
