@@ -6,6 +6,7 @@ and `PeftModel.from_pretrained` work with them.
 
 from . import adapter_files
 from .adapter_files import AdapterFileError, allow_pickle_adapters
+from .api import add_adapter, load_adapter, save_adapter
 from .families import FAMILIES, UnsupportedModelError, family_of
 from .tuners import SoftMusicPromptConfig, SoftMusicPromptModel
 
@@ -20,5 +21,8 @@ __all__ = [
     "SoftMusicPromptConfig",
     "SoftMusicPromptModel",
     "UnsupportedModelError",
+    "add_adapter",
     "family_of",
+    "load_adapter",
+    "save_adapter",
 ]

@@ -1,0 +1,159 @@
+"""One way to attach, save and load adapters, whatever the model family.
+
+`add_adapter`, `save_adapter` and `load_adapter` take a MusicGen model (or a PeftModel around one) or an
+AudioLDM2 pipeline. They check everything they can before touching a weight, save atomically (each file
+is written to a temporary name and renamed), and read safetensors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+
+from .adapter_files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
+from .families import family_of
+
+
+def _peft_model(obj: Any) -> PeftModel | None:
+    return obj if isinstance(obj, PeftModel) else getattr(obj, "_musicpeft_peft_model", None)
+
+
+def _remember(model: Any, peft_model: PeftModel) -> None:
+    # object.__setattr__: nn.Module.__setattr__ would register the PeftModel as a child of its own base model.
+    object.__setattr__(model, "_musicpeft_peft_model", peft_model)
+
+
+def add_adapter(model_or_pipe: Any, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
+    """Attach a new, trainable adapter; the model is adapted in place and its PeftModel is returned."""
+    family = family_of(model_or_pipe)
+    hook = family.extra.get("add_adapter")
+    if hook is not None:
+        return hook(model_or_pipe, config, adapter_name)
+    peft_model = _peft_model(model_or_pipe)
+    if peft_model is not None:
+        if adapter_name in peft_model.peft_config:
+            raise ValueError(f"An adapter named {adapter_name!r} already exists; pick another adapter_name.")
+        peft_model.add_adapter(adapter_name, config)
+        peft_model.set_adapter(adapter_name)
+        return peft_model
+    peft_model = get_peft_model(model_or_pipe, config, adapter_name=adapter_name)
+    _remember(model_or_pipe, peft_model)
+    return peft_model
+
+
+def _write_atomically(directory: str, files: dict[str, Any]) -> None:
+    """files: name -> callable(path) writing that file. Each lands under its final name only when complete."""
+    os.makedirs(directory, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".musicpeft-", dir=directory)
+    try:
+        for name, write in files.items():
+            write(os.path.join(staging, name))
+        for name in files:
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_peft_adapter(peft_model: PeftModel, directory: str, adapter_name: str = "default") -> None:
+    """Save one adapter of a PeftModel in peft's layout, at the root of `directory`."""
+    from safetensors.torch import save_file
+
+    if adapter_name not in peft_model.peft_config:
+        known = ", ".join(peft_model.peft_config)
+        raise ValueError(f"No adapter named {adapter_name!r}; this model has: {known}.")
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    config = copy.deepcopy(peft_model.peft_config[adapter_name])
+    config.inference_mode = True
+
+    def write_config(path: str) -> None:
+        config.save_pretrained(os.path.dirname(path))
+        produced = os.path.join(os.path.dirname(path), CONFIG_NAME)
+        if produced != path:
+            os.replace(produced, path)
+
+    _write_atomically(
+        directory,
+        {
+            SAFETENSORS_NAME: lambda path: save_file(state, path, metadata={"format": "pt"}),
+            CONFIG_NAME: write_config,
+        },
+    )
+
+
+def save_adapter(model_or_pipe: Any, directory: str | os.PathLike, adapter_name: str = "default") -> str:
+    """Write `adapter_config.json` + `adapter_model.safetensors` (per adapted component for pipelines)."""
+    directory = os.fspath(directory)
+    family = family_of(model_or_pipe)
+    hook = family.extra.get("save_adapter")
+    if hook is not None:
+        hook(model_or_pipe, directory, adapter_name)
+        return directory
+    peft_model = _peft_model(model_or_pipe)
+    if peft_model is None:
+        raise ValueError("This model has no adapter to save; attach one with musicpeft.add_adapter first.")
+    save_peft_adapter(peft_model, directory, adapter_name)
+    return directory
+
+
+def resolve_source(source: str | os.PathLike, allow_pickle: bool = False, **hub_kwargs: Any) -> str:
+    """A local adapter folder for `source` (a folder, or a Hub repo id fetched with huggingface_hub)."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        return source
+    if os.path.exists(source):
+        raise AdapterFileError(f"{source} is a file; load_adapter expects an adapter folder or a Hub repo id.")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.md", "*.txt"] + (["*.bin"] if allow_pickle else [])
+    try:
+        return snapshot_download(source, allow_patterns=patterns, **hub_kwargs)
+    except Exception as err:
+        raise AdapterFileError(
+            f"{source!r} is neither a local adapter folder nor a reachable Hub repo ({err})."
+        ) from None
+
+
+def load_adapter(
+    model_or_pipe: Any,
+    source: str | os.PathLike,
+    adapter_name: str = "default",
+    *,
+    is_trainable: bool = False,
+    allow_pickle: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Load a saved adapter (local folder or Hub id) onto a model or pipeline; returns the adapted object.
+
+    For MusicGen the return value is a PeftModel (the model is also adapted in place). Pickled
+    `adapter_model.bin` files are refused unless `allow_pickle=True`.
+    """
+    from .adapter_files import allow_pickle_adapters
+
+    hub_keys = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+    hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
+    folder = resolve_source(source, allow_pickle=allow_pickle, **hub_kwargs)
+    family = family_of(model_or_pipe)
+    hook = family.extra.get("load_adapter")
+    if hook is not None:
+        return hook(model_or_pipe, folder, adapter_name, is_trainable=is_trainable, allow_pickle=allow_pickle, **kwargs)
+    if kwargs:
+        raise TypeError(f"load_adapter got unexpected arguments for a {family.name} model: {', '.join(kwargs)}.")
+    check_local_adapter_folder(folder, allow_pickle=allow_pickle)
+    peft_model = _peft_model(model_or_pipe)
+    with allow_pickle_adapters() if allow_pickle else contextlib.nullcontext():
+        if peft_model is not None:
+            peft_model.load_adapter(folder, adapter_name, is_trainable=is_trainable)
+            peft_model.set_adapter(adapter_name)
+        else:
+            peft_model = PeftModel.from_pretrained(
+                model_or_pipe, folder, adapter_name=adapter_name, is_trainable=is_trainable
+            )
+            _remember(model_or_pipe, peft_model)
+    return peft_model

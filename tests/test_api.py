@@ -1,0 +1,83 @@
+"""musicpeft.add_adapter / save_adapter / load_adapter on MusicGen."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from fixtures import tiny_musicgen, tiny_musicgen_processor
+from peft import PeftModel
+
+import musicpeft
+from musicpeft import AdapterFileError, SoftMusicPromptConfig
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return tiny_musicgen_processor()(text=["haegeum sanjo", "a slow waltz"], return_tensors="pt", padding=True)
+
+
+def _logits(model, inputs):
+    dec = torch.arange(24).reshape(8, 3) % 64
+    with torch.no_grad():
+        return model(**inputs, decoder_input_ids=dec).logits
+
+
+def test_round_trip_through_public_verbs(tmp_path, inputs):
+    model = tiny_musicgen()
+    peft_model = musicpeft.add_adapter(model, SoftMusicPromptConfig(num_virtual_tokens=6), adapter_name="korean")
+    assert isinstance(peft_model, PeftModel)
+    # The model itself is adapted in place: calling it directly uses the prompt too.
+    assert torch.equal(_logits(model, inputs), _logits(peft_model, inputs))
+    musicpeft.save_adapter(model, tmp_path / "korean-prompt", adapter_name="korean")
+    assert sorted(os.listdir(tmp_path / "korean-prompt")) == ["adapter_config.json", "adapter_model.safetensors"]
+
+    loaded = musicpeft.load_adapter(tiny_musicgen(), tmp_path / "korean-prompt")
+    assert torch.equal(_logits(loaded, inputs), _logits(peft_model, inputs))
+    # peft's own loader reads the same folder.
+    stock = PeftModel.from_pretrained(tiny_musicgen(), tmp_path / "korean-prompt")
+    assert torch.equal(_logits(stock, inputs), _logits(peft_model, inputs))
+
+
+def test_second_adapter_on_the_same_model(tmp_path, inputs):
+    first = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=4, init_seed=1))
+    musicpeft.save_adapter(first, tmp_path / "a")
+    second = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=4, init_seed=2))
+    musicpeft.save_adapter(second, tmp_path / "b")
+
+    model = musicpeft.load_adapter(tiny_musicgen(), tmp_path / "a", adapter_name="a")
+    model = musicpeft.load_adapter(model, tmp_path / "b", adapter_name="b")
+    assert model.active_adapters == ["b"]
+    assert torch.equal(_logits(model, inputs), _logits(second, inputs))
+    model.set_adapter("a")
+    assert torch.equal(_logits(model, inputs), _logits(first, inputs))
+    with pytest.raises(ValueError, match="already exists"):
+        musicpeft.add_adapter(model, SoftMusicPromptConfig(num_virtual_tokens=2), adapter_name="a")
+
+
+def test_save_leaves_no_partial_files(tmp_path):
+    peft_model = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=3))
+    with pytest.raises(ValueError, match="No adapter named 'missing'.*default"):
+        musicpeft.save_adapter(peft_model, tmp_path / "out", adapter_name="missing")
+    musicpeft.save_adapter(peft_model, tmp_path / "out")
+    assert not [name for name in os.listdir(tmp_path / "out") if name.startswith(".musicpeft-")]
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(AdapterFileError, match="no adapter_config.json"):
+        musicpeft.load_adapter(tiny_musicgen(), tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(AdapterFileError, match="is a file"):
+        musicpeft.load_adapter(tiny_musicgen(), tmp_path / "file.txt")
+    with pytest.raises(ValueError, match="no adapter to save"):
+        musicpeft.save_adapter(tiny_musicgen(), tmp_path / "x")
+
+
+def test_pickle_needs_allow_pickle(tmp_path, inputs):
+    peft_model = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=3))
+    peft_model.save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(AdapterFileError, match="pickle"):
+        musicpeft.load_adapter(tiny_musicgen(), tmp_path)
+    loaded = musicpeft.load_adapter(tiny_musicgen(), tmp_path, allow_pickle=True)
+    assert torch.equal(_logits(loaded, inputs), _logits(peft_model, inputs))
