@@ -105,3 +105,137 @@ def test_render_score_window_and_argument_errors():
 def test_render_clips_reports_when_too_few_pieces():
     with pytest.raises(ValueError, match="only .* usable"):
         render.render_clips(1, 10_000.0, sample_rate=SR, composer="beach")
+
+
+# --- audio utilities -------------------------------------------------------------------------
+
+def _write_wav(path, audio, sr):
+    import soundfile as sf
+
+    sf.write(str(path), audio, sr)
+    return path
+
+
+def test_load_audio_to_mono_and_resampled(tmp_path):
+    from musicpeft.data import load_audio
+
+    t = np.arange(22050) / 22050
+    left, right = np.sin(2 * np.pi * 440 * t), np.zeros_like(t)
+    path = _write_wav(tmp_path / "stereo.wav", np.stack([left, right], axis=1).astype(np.float32), 22050)
+    stereo, rate = load_audio(path, mono=False)
+    assert rate == 22050 and stereo.shape == (22050, 2)
+    mono, rate = load_audio(path, sample_rate=SR)
+    assert rate == SR and mono.ndim == 1 and mono.dtype == np.float32
+    assert abs(len(mono) - SR) <= 1  # one second either way
+    assert np.abs(mono).max() == pytest.approx(0.5, abs=0.02)  # mean of a full-scale and a silent channel
+    spectrum = np.abs(np.fft.rfft(mono))
+    assert np.fft.rfftfreq(len(mono), 1 / SR)[spectrum.argmax()] == pytest.approx(440, abs=2)
+
+
+def test_load_audio_names_the_unreadable_file(tmp_path):
+    from musicpeft.data import load_audio
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(ValueError, match="broken.wav: cannot read audio"):
+        load_audio(bad)
+    with pytest.raises(ValueError, match="missing.flac"):
+        load_audio(tmp_path / "missing.flac")
+
+
+@pytest.mark.parametrize(
+    "remainder, expected", [("drop", [30, 30]), ("pad", [30, 30, 30]), ("keep", [30, 30, 12])]
+)
+def test_chunk_lengths(remainder, expected):
+    from musicpeft.data import chunk
+
+    audio = np.ones(72 * 100, dtype=np.float32)  # 72 s at 100 Hz
+    pieces = chunk(audio, 100, chunk_seconds=30.0, remainder=remainder)
+    assert [len(p) / 100 for p in pieces] == expected
+    if remainder == "pad":
+        assert pieces[-1][:1200].min() == 1.0 and not pieces[-1][1200:].any()
+    assert chunk(audio, 100, 30.0, "keep", min_remainder_seconds=15.0)[-1].shape == (3000,)
+    with pytest.raises(ValueError, match="remainder must be"):
+        chunk(audio, 100, 30.0, "wrap")
+
+
+def test_normalisation_and_trimming():
+    from musicpeft.data import loudness_normalize, peak_normalize, to_mono, trim_silence
+
+    x = (0.1 * np.sin(np.linspace(0, 200, SR))).astype(np.float32)
+    assert np.abs(peak_normalize(x, 0.5)).max() == pytest.approx(0.5)
+    y = loudness_normalize(x, target_dbfs=-20.0)
+    assert 20 * np.log10(np.sqrt(np.mean(y**2))) == pytest.approx(-20.0, abs=0.01)
+    assert np.abs(loudness_normalize(x, target_dbfs=0.0)).max() <= 1.0  # would clip: limited instead
+    assert not peak_normalize(np.zeros(10, np.float32)).any()
+    padded = np.concatenate([np.zeros(SR, np.float32), x, np.zeros(SR, np.float32)])
+    trimmed = trim_silence(padded)
+    assert SR <= len(trimmed) < SR + 2048 + 512  # librosa trims in 2048-sample frames, 512 apart
+    assert np.sum(trimmed**2) == pytest.approx(np.sum(x**2), rel=1e-6)
+    assert to_mono(np.stack([x, -x], axis=1)).max() == 0.0
+
+
+# --- captions --------------------------------------------------------------------------------
+
+def test_caption_uses_description_then_musical_fields_only():
+    from musicpeft.data import caption_from_metadata
+
+    record = {
+        "key": "C major", "artist": "Koto Ensemble", "sample_rate": 32000, "file_extension": "wav",
+        "description": "A calm koto piece.", "duration": 30.0, "bpm": 72.0, "genre": "traditional",
+        "title": "", "instrument": "koto", "moods": ["calm", "serene"], "path": "a/b.wav",
+    }
+    text = caption_from_metadata(record)
+    assert text == (
+        "A calm koto piece. artist: Koto Ensemble. genre: traditional. instrument: koto. "
+        "moods: calm, serene. key: C major. bpm: 72"
+    )
+    assert "32000" not in text and "wav" not in text and "title" not in text
+    assert caption_from_metadata({"genre": "jazz", "bpm": None}) == "genre: jazz"
+
+
+def test_caption_error_names_the_record():
+    from musicpeft.data import caption_from_metadata
+
+    with pytest.raises(ValueError, match="path='songs/x.wav'"):
+        caption_from_metadata({"path": "songs/x.wav", "sample_rate": 32000, "description": " "})
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+def test_load_audio_folder_chunks_and_captions(tmp_path):
+    import json
+
+    from musicpeft.data import load_audio_folder
+
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, size=(int(2.5 * 8000), 2)).astype(np.float32)
+    _write_wav(tmp_path / "one.wav", noise, 8000)
+    _write_wav(tmp_path / "two.flac", noise[:8000], 8000)
+    records = [
+        {"path": "one.wav", "description": "noisy drone", "genre": "ambient"},
+        {"path": "two", "file_extension": "flac", "instrument": "synth"},
+    ]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    ds = load_audio_folder(tmp_path, sample_rate=SR, chunk_seconds=1.0)
+    assert ds.column_names == ["audio", "text"] and len(ds) == 3  # 2 chunks + 1 chunk
+    assert list(ds["text"]) == ["noisy drone. genre: ambient"] * 2 + ["instrument: synth"]
+    row = ds[0]
+    assert isinstance(row["audio"], np.ndarray) and row["audio"].shape == (SR,)
+    assert np.abs(row["audio"]).max() == pytest.approx(1.0, abs=1e-3)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"path": "gone.wav", "genre": "x"}) + "\n")
+    with pytest.raises(ValueError, match="gone.wav"):
+        load_audio_folder(tmp_path, sample_rate=SR)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"key": "C major", "genre": "x"}) + "\n")
+    with pytest.raises(ValueError, match="record 1 has no 'path'"):
+        load_audio_folder(tmp_path, sample_rate=SR)
+
+
+def test_make_rendered_dataset():
+    from musicpeft.data import make_rendered_dataset
+
+    ds = make_rendered_dataset(2, 1.5, SR, program=73, seed=3)
+    assert len(ds) == 2 and ds[1]["audio"].shape == (int(1.5 * SR),)
+    assert ds[0]["text"] == "classical music played on flute"
+    named = make_rendered_dataset(2, 1.5, SR, program=73, seed=3, caption=lambda i: f"clip {i}")
+    assert list(named["text"]) == ["clip 0", "clip 1"]
+    assert np.array_equal(named[0]["audio"], ds[0]["audio"])
