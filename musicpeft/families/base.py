@@ -27,6 +27,11 @@ class TextEncoderSlot:
     module: str
     tokenizer: str | None = None
     takes_soft_prompt_by_default: bool = True
+    # Where soft-prompt vectors enter the token sequence: 0 prepends; 1 keeps a pooled first token first.
+    prompt_insert_at: int = 0
+    # For an encoder adapted as its own component (a pipeline's text encoder): the submodule inside it that
+    # the soft-prompt layer wraps (peft cannot wrap a model's root module).
+    component_inner_module: str | None = None
 
 
 @dataclass(frozen=True)

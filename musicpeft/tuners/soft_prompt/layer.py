@@ -60,9 +60,12 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("soft_prompt_embeddings",)
     other_param_names = ("soft_prompt_position",)
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, insert_at: int = 0) -> None:
         super().__init__()
         self.base_layer = base_layer
+        # Index in the token sequence where input-position prompts go: 0 prepends; 1 keeps a pooled
+        # first token (CLAP's `<s>`) first.
+        self.insert_at = insert_at
         self.soft_prompt_embeddings = nn.ParameterDict()
         self.soft_prompt_position: dict[str, str] = {}
         self.merged_adapters = []
@@ -118,7 +121,8 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         if n_in == 0 and n_out == 0:
             return mask
         keep = (mask != 0).any(dim=1, keepdim=True).to(mask.dtype)
-        return torch.cat([keep.expand(-1, n_in), mask, keep.expand(-1, n_out)], dim=1)
+        k = self.insert_at
+        return torch.cat([mask[:, :k], keep.expand(-1, n_in), mask[:, k:], keep.expand(-1, n_out)], dim=1)
 
     def forward(
         self,
@@ -147,7 +151,9 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
                 inputs_embeds = self.base_layer.get_input_embeddings()(input_ids)
             prompt = torch.cat(self._active_prompts("encoder_input"), dim=0)
             prompt = prompt.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
-            inputs_embeds = torch.cat([prompt.expand(inputs_embeds.shape[0], -1, -1), inputs_embeds], dim=1)
+            prompt = prompt.expand(inputs_embeds.shape[0], -1, -1)
+            k = self.insert_at
+            inputs_embeds = torch.cat([inputs_embeds[:, :k], prompt, inputs_embeds[:, k:]], dim=1)
             input_ids = None
         outputs = self.base_layer(
             input_ids=input_ids, attention_mask=encoder_mask, inputs_embeds=inputs_embeds, **kwargs

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from ...families import FAMILIES, family_of, get_submodule
+from ...families import (
+    ModelFamily,
+    TextEncoderSlot,
+    UnsupportedModelError,
+    family_of,
+    get_family,
+    get_submodule,
+)
 from .layer import SoftPromptLayer
-
-# model_type -> text encoder module, for peft's automatic target selection.
-_TARGETS = {
-    model_type: [family.text_encoders[0].module]
-    for family in FAMILIES
-    for model_type in family.model_types
-    if family.text_encoders
-}
 
 
 class SoftMusicPromptModel(BaseTuner):
@@ -31,33 +29,54 @@ class SoftMusicPromptModel(BaseTuner):
 
     prefix: str = "soft_prompt_"
     tuner_layer_cls = SoftPromptLayer
-    target_module_mapping = _TARGETS
+    target_module_mapping: dict[str, list[str]] = {}  # targets come from the model family instead
 
     def _prepare_adapter_config(self, config: Any, model_config: dict) -> Any:
-        """Resolve the target from the model family and check family and width, before any module is touched."""
-        model = self.model
-        family = family_of(model)
-        if config.base_family is not None and config.base_family != family.name:
-            raise ValueError(
-                f"This soft prompt was made for the {config.base_family!r} family, but the base model is "
-                f"{type(model).__name__} ({family.name!r})."
-            )
-        slot = family.text_encoder(config.text_encoder)
-        encoder = get_submodule(model, config.target_modules) if isinstance(config.target_modules, str) else None
-        encoder = encoder if encoder is not None else get_submodule(model, slot.module)
+        """Resolve the wrapped encoder from the model family; check family and width before touching a module.
+
+        Two cases: the model is a family's root (MusicGen: the prompt wraps `text_encoder`), or the model is
+        one text encoder of a pipeline adapted as its own component (AudioLDM2's T5), recognised by
+        `base_family` + `text_encoder` in the config; then the slot's `component_inner_module` is wrapped.
+        """
+        family, slot, path = self._resolve_target(config)
+        encoder = get_submodule(self.model, path)
         if isinstance(encoder, SoftPromptLayer):
             encoder = encoder.base_layer
         width = encoder.get_input_embeddings().weight.shape[1]
         if config.token_dim is not None and config.token_dim != width:
             raise ValueError(
                 f"Soft prompt width {config.token_dim} does not match the {slot.name} text encoder of "
-                f"{type(model).__name__}, whose width is {width}."
+                f"{type(self.model).__name__}, whose width is {width}."
             )
         config.base_family = family.name
+        config.text_encoder = slot.name
         config.token_dim = width
-        if config.target_modules is None:
-            config.target_modules = re.escape(slot.module)
+        config.target_modules = path
+        self._insert_at = slot.prompt_insert_at
         return config
+
+    def _resolve_target(self, config: Any) -> tuple[ModelFamily, TextEncoderSlot, str]:
+        try:
+            family = family_of(self.model)
+        except UnsupportedModelError:
+            if config.base_family is None or config.text_encoder is None:
+                raise
+            family = get_family(config.base_family)
+            slot = family.text_encoder(config.text_encoder)
+            if slot.component_inner_module is None:
+                raise
+            return family, slot, slot.component_inner_module
+        if config.base_family is not None and config.base_family != family.name:
+            raise ValueError(
+                f"This soft prompt was made for the {config.base_family!r} family, but the base model is "
+                f"{type(self.model).__name__} ({family.name!r})."
+            )
+        slot = family.text_encoder(config.text_encoder)
+        return family, slot, slot.module
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: Any, key: str) -> bool:
+        return key == peft_config.target_modules
 
     def _create_and_replace(
         self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs
@@ -70,7 +89,7 @@ class SoftMusicPromptModel(BaseTuner):
                 f"Soft prompts wrap a text encoder with get_input_embeddings(); {current_key!r} is "
                 f"{type(target).__name__}."
             )
-        new_module = SoftPromptLayer(target, adapter_name, peft_config)
+        new_module = SoftPromptLayer(target, adapter_name, peft_config, insert_at=self._insert_at)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -89,7 +108,7 @@ class SoftMusicPromptModel(BaseTuner):
 
     def _extend_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Grow the model-level attention mask to the text encoder's (prompted) output length."""
-        mask_kwarg = family_of(module).extra.get("mask_kwarg", "attention_mask")
+        mask_kwarg = "attention_mask"
         mask = kwargs.get(mask_kwarg)
         if mask is None:
             return None
@@ -104,6 +123,10 @@ class SoftMusicPromptModel(BaseTuner):
             )
             if mask.shape[1] + extra != states.shape[1]:
                 return None  # already extended, or encoder outputs computed without the prompt
+        else:
+            text = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+            if text is None or mask.shape[1] != text.shape[1]:
+                return None  # already extended by the caller
         for layer in layers:
             mask = layer.extend_attention_mask(mask)
         kwargs[mask_kwarg] = mask
