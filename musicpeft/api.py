@@ -17,7 +17,47 @@ from typing import Any
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 
 from .adapter_files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
-from .families import family_of
+from .families import ModelFamily, family_of, pipeline_adapters
+
+MANIFEST_NAME = pipeline_adapters.MANIFEST_NAME
+
+
+def _is_pipeline(family: ModelFamily) -> bool:
+    """Pipeline families adapt components; model families are one nn.Module adapted as peft does."""
+    return family.extra.get("adapted_component") is not None
+
+
+def write_manifest(directory: str, family: str, components: dict[str, str]) -> None:
+    """`musicpeft_adapter.json`: which family an adapter folder is for and which component each subfolder adapts."""
+    import json
+
+    payload = json.dumps({"family": family, "components": components}, indent=2)
+
+    def write(path: str) -> None:
+        with open(path, "w") as handle:
+            handle.write(payload + "\n")
+
+    _write_atomically(directory, {MANIFEST_NAME: write})
+
+
+def read_manifest(folder: str, family: ModelFamily) -> dict | None:
+    """The folder's manifest (None for a plain peft folder); refuses an adapter made for another family."""
+    import json
+
+    path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise AdapterFileError(f"{path}: unreadable manifest ({err}).") from None
+    if manifest.get("family") != family.name:
+        raise AdapterFileError(
+            f"{folder} holds an adapter for the {manifest.get('family')!r} family; this is a {family.name} "
+            "model. Load it onto a model of its own family."
+        )
+    return manifest
 
 
 def _peft_model(obj: Any) -> PeftModel | None:
@@ -32,9 +72,8 @@ def _remember(model: Any, peft_model: PeftModel) -> None:
 def add_adapter(model_or_pipe: Any, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
     """Attach a new, trainable adapter; the model is adapted in place and its PeftModel is returned."""
     family = family_of(model_or_pipe)
-    hook = family.extra.get("add_adapter")
-    if hook is not None:
-        return hook(model_or_pipe, config, adapter_name)
+    if _is_pipeline(family):
+        return pipeline_adapters.add_adapter(model_or_pipe, config, adapter_name, family)
     peft_model = _peft_model(model_or_pipe)
     if peft_model is not None:
         if adapter_name in peft_model.peft_config:
@@ -91,14 +130,14 @@ def save_adapter(model_or_pipe: Any, directory: str | os.PathLike, adapter_name:
     """Write `adapter_config.json` + `adapter_model.safetensors` (per adapted component for pipelines)."""
     directory = os.fspath(directory)
     family = family_of(model_or_pipe)
-    hook = family.extra.get("save_adapter")
-    if hook is not None:
-        hook(model_or_pipe, directory, adapter_name)
+    if _is_pipeline(family):
+        pipeline_adapters.save_adapter(model_or_pipe, directory, adapter_name, family)
         return directory
     peft_model = _peft_model(model_or_pipe)
     if peft_model is None:
         raise ValueError("This model has no adapter to save; attach one with musicpeft.add_adapter first.")
     save_peft_adapter(peft_model, directory, adapter_name)
+    write_manifest(directory, family.name, {})
     return directory
 
 
@@ -140,9 +179,13 @@ def load_adapter(
     hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
     folder = resolve_source(source, allow_pickle=allow_pickle, **hub_kwargs)
     family = family_of(model_or_pipe)
-    hook = family.extra.get("load_adapter")
-    if hook is not None:
-        return hook(model_or_pipe, folder, adapter_name, is_trainable=is_trainable, allow_pickle=allow_pickle, **kwargs)
+    if _is_pipeline(family):
+        if kwargs:
+            raise TypeError(f"load_adapter got unexpected arguments for a {family.name} pipeline: {', '.join(kwargs)}.")
+        return pipeline_adapters.load_adapter(
+            model_or_pipe, folder, adapter_name, family, is_trainable=is_trainable, allow_pickle=allow_pickle
+        )
+    read_manifest(folder, family)
     if kwargs:
         raise TypeError(f"load_adapter got unexpected arguments for a {family.name} model: {', '.join(kwargs)}.")
     check_local_adapter_folder(folder, allow_pickle=allow_pickle)

@@ -31,7 +31,11 @@ def test_round_trip_through_public_verbs(tmp_path, inputs):
     # The model itself is adapted in place: calling it directly uses the prompt too.
     assert torch.equal(_logits(model, inputs), _logits(peft_model, inputs))
     musicpeft.save_adapter(model, tmp_path / "korean-prompt", adapter_name="korean")
-    assert sorted(os.listdir(tmp_path / "korean-prompt")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "korean-prompt")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "musicpeft_adapter.json",
+    ]
 
     loaded = musicpeft.load_adapter(tiny_musicgen(), tmp_path / "korean-prompt")
     assert torch.equal(_logits(loaded, inputs), _logits(peft_model, inputs))

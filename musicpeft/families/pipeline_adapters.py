@@ -1,0 +1,207 @@
+"""Adapters on a diffusers pipeline (AudioLDM2): one peft adapter per adapted component.
+
+A pipeline is not one `nn.Module`, so each method adapts the component it belongs to, exactly as peft
+would on that component alone: soft prompts adapt a text encoder (the family's `TextEncoderSlot`), the
+other methods adapt the family's `adapted_component` (AudioLDM2: the U-Net). `PeftModel.from_pretrained`
+on that component keeps working. On disk an adapter folder holds `musicpeft_adapter.json` naming the
+family and components, and one peft-layout subfolder per component.
+
+Soft prompts need one more thing on AudioLDM2: the T5 mask that `encode_prompt` takes from `tokenizer_2`
+feeds the projection model, GPT2 and the U-Net, so it must grow with the prompt; and the negative /
+unconditional pass must stay the base model's (see `families/audioldm2.py`, `T5_MASK_FLOW`).
+`_PromptedEncodePrompt` does both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model
+
+from ..adapter_files import AdapterFileError, allow_pickle_adapters, check_local_adapter_folder
+from .base import ModelFamily
+
+MANIFEST_NAME = "musicpeft_adapter.json"
+
+
+def _components(pipe: Any) -> dict[str, PeftModel]:
+    found = pipe.__dict__.get("_musicpeft_components")
+    if found is None:
+        found = {}
+        object.__setattr__(pipe, "_musicpeft_components", found)
+    return found
+
+
+def component_for(config: Any, family: ModelFamily) -> str:
+    """Which pipeline component a config adapts (soft prompts: a text encoder; others: the family's)."""
+    from ..tuners.soft_prompt import SoftMusicPromptConfig
+
+    if isinstance(config, SoftMusicPromptConfig):
+        slot = family.text_encoder(config.text_encoder)
+        config.base_family, config.text_encoder = family.name, slot.name
+        return slot.module
+    component = family.extra.get("adapted_component")
+    if component is None:
+        raise ValueError(f"The {family.name} family names no component for {type(config).__name__}.")
+    return component
+
+
+def add_adapter(pipe: Any, config: Any, adapter_name: str, family: ModelFamily) -> PeftModel:
+    component = component_for(config, family)
+    peft_models = _components(pipe)
+    peft_model = peft_models.get(component)
+    if peft_model is not None:
+        if adapter_name in peft_model.peft_config:
+            raise ValueError(f"{component} already has an adapter named {adapter_name!r}; pick another adapter_name.")
+        peft_model.add_adapter(adapter_name, config)
+        peft_model.set_adapter(adapter_name)
+    else:
+        peft_model = get_peft_model(getattr(pipe, component), config, adapter_name=adapter_name)
+        peft_models[component] = peft_model
+    _PromptedEncodePrompt.install(pipe, family)
+    return peft_model
+
+
+def save_adapter(pipe: Any, directory: str, adapter_name: str, family: ModelFamily) -> None:
+    from ..api import save_peft_adapter, write_manifest
+
+    saved = {
+        component: component
+        for component, peft_model in _components(pipe).items()
+        if adapter_name in peft_model.peft_config
+    }
+    if not saved:
+        raise ValueError(f"This pipeline has no adapter named {adapter_name!r}; attach one with musicpeft.add_adapter.")
+    for component in saved:
+        save_peft_adapter(_components(pipe)[component], os.path.join(directory, component), adapter_name)
+    write_manifest(directory, family.name, saved)
+
+
+def load_adapter(
+    pipe: Any, folder: str, adapter_name: str, family: ModelFamily, *, is_trainable: bool, allow_pickle: bool
+) -> Any:
+    from ..api import read_manifest
+
+    manifest = read_manifest(folder, family)
+    components = manifest["components"] if manifest else {_guess_component(folder, family): "."}
+    for component, subfolder in components.items():
+        if not hasattr(pipe, component):
+            raise AdapterFileError(f"{folder}: adapts component {component!r}, which this pipeline does not have.")
+        check_local_adapter_folder(os.path.join(folder, subfolder), allow_pickle=allow_pickle)
+    peft_models = _components(pipe)
+    with allow_pickle_adapters() if allow_pickle else contextlib.nullcontext():
+        for component, subfolder in components.items():
+            path = os.path.join(folder, subfolder)
+            if component in peft_models:
+                peft_models[component].load_adapter(path, adapter_name, is_trainable=is_trainable)
+                peft_models[component].set_adapter(adapter_name)
+            else:
+                peft_models[component] = PeftModel.from_pretrained(
+                    getattr(pipe, component), path, adapter_name=adapter_name, is_trainable=is_trainable
+                )
+    _PromptedEncodePrompt.install(pipe, family)
+    return pipe
+
+
+def _guess_component(folder: str, family: ModelFamily) -> str:
+    """A plain peft folder (no manifest): soft prompts name their text encoder; the rest adapt the family's."""
+    with open(os.path.join(folder, "adapter_config.json")) as handle:
+        config = json.load(handle)
+    if config.get("peft_type") == "SOFT_MUSIC_PROMPT":
+        return family.text_encoder(config.get("text_encoder")).module
+    return family.extra["adapted_component"]
+
+
+def _active_prompt_layers(pipe: Any) -> list[Any]:
+    from ..tuners.soft_prompt import SoftPromptLayer
+
+    layers = []
+    for peft_model in _components(pipe).values():
+        layers += [m for m in peft_model.modules() if isinstance(m, SoftPromptLayer)]
+    return layers
+
+
+@contextlib.contextmanager
+def _prompts_disabled(layers: list[Any]) -> Iterator[None]:
+    states = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, disabled in zip(layers, states, strict=True):
+            layer.enable_adapters(not disabled)
+
+
+@contextlib.contextmanager
+def _tokenizer_extends_mask(pipe: Any, attribute: str, layer: Any) -> Iterator[None]:
+    """Temporarily make `pipe.<attribute>` return attention masks grown by the layer's prompt."""
+    tokenizer = getattr(pipe, attribute)
+
+    class MaskExtendingTokenizer(type(tokenizer)):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            encoding = super().__call__(*args, **kwargs)
+            mask = encoding.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+                encoding["attention_mask"] = layer.extend_attention_mask(mask)
+            return encoding
+
+    proxy = copy.copy(tokenizer)
+    proxy.__class__ = MaskExtendingTokenizer
+    object.__setattr__(pipe, attribute, proxy)  # bypass DiffusionPipeline.__setattr__: no config change
+    try:
+        yield
+    finally:
+        object.__setattr__(pipe, attribute, tokenizer)
+
+
+class _PromptedEncodePrompt:
+    """Wraps `pipe.encode_prompt`: conditional pass with the prompt and a grown mask, negative pass without."""
+
+    def __init__(self, pipe: Any, family: ModelFamily) -> None:
+        self.pipe = pipe
+        self.family = family
+        self.original = pipe.encode_prompt
+        self.signature = inspect.signature(self.original)
+
+    @classmethod
+    def install(cls, pipe: Any, family: ModelFamily) -> None:
+        if not isinstance(pipe.__dict__.get("encode_prompt"), cls):
+            object.__setattr__(pipe, "encode_prompt", cls(pipe, family))
+
+    def _mask_owner(self) -> tuple[str, Any] | None:
+        """(tokenizer attribute, prompt layer) of the slot whose token mask flows downstream (T5)."""
+        slot = self.family.text_encoder(self.family.extra.get("masked_text_encoder", "t5"))
+        component = _components(self.pipe).get(slot.module)
+        if component is None:
+            return None
+        from ..tuners.soft_prompt import SoftPromptLayer
+
+        layers = [m for m in component.modules() if isinstance(m, SoftPromptLayer)]
+        return (slot.tokenizer, layers[0]) if layers else None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        params = self.signature.bind(*args, **kwargs).arguments
+        layers = _active_prompt_layers(self.pipe)
+        active = [layer for layer in layers if sum(layer.num_active_tokens())]
+        if not active or params.get("prompt_embeds") is not None:
+            return self.original(*args, **kwargs)
+        owner = self._mask_owner()
+        grow = _tokenizer_extends_mask(self.pipe, *owner) if owner else contextlib.nullcontext()
+        with grow:
+            embeds, mask, generated = self.original(
+                **{**params, "num_waveforms_per_prompt": 1, "do_classifier_free_guidance": False}
+            )
+        # Second call: duplicates per waveform and, for guidance, encodes the negative prompt with the base
+        # encoders (padded to the prompted length), as the base pipeline would.
+        with _prompts_disabled(layers):
+            return self.original(
+                **{**params, "prompt_embeds": embeds, "attention_mask": mask, "generated_prompt_embeds": generated}
+            )
