@@ -43,7 +43,7 @@ def test_corpus_pieces_sorted_filtered_and_limited():
 
 
 def test_render_clips_exact_length_loud_and_deterministic():
-    clips = render.render_clips(3, 2.0, sample_rate=SR, seed=1)
+    clips = render.render_clips(3, 2.0, sample_rate=SR, seed=0)
     assert len(clips) == 3
     for clip in clips:
         assert clip.dtype == np.float32 and clip.shape == (2 * SR,)
@@ -51,7 +51,7 @@ def test_render_clips_exact_length_loud_and_deterministic():
         assert np.sqrt(np.mean(clip**2)) > 0.02
         assert not render.is_mostly_silent(clip, SR)
     assert not np.array_equal(clips[0], clips[1])  # different pieces
-    again = render.render_clips(3, 2.0, sample_rate=SR, seed=1)
+    again = render.render_clips(3, 2.0, sample_rate=SR, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(clips, again, strict=True))
 
 
@@ -233,9 +233,9 @@ def test_load_audio_folder_chunks_and_captions(tmp_path):
 def test_make_rendered_dataset():
     from musicpeft.data import make_rendered_dataset
 
-    ds = make_rendered_dataset(2, 1.5, SR, program=73, seed=3)
+    ds = make_rendered_dataset(2, 1.5, SR, program=73, seed=0)
     assert len(ds) == 2 and ds[1]["audio"].shape == (int(1.5 * SR),)
     assert ds[0]["text"] == "classical music played on flute"
-    named = make_rendered_dataset(2, 1.5, SR, program=73, seed=3, caption=lambda i: f"clip {i}")
+    named = make_rendered_dataset(2, 1.5, SR, program=73, seed=0, caption=lambda i: f"clip {i}")
     assert list(named["text"]) == ["clip 0", "clip 1"]
     assert np.array_equal(named[0]["audio"], ds[0]["audio"])
