@@ -117,7 +117,7 @@ def _piece_id(source: str | bytes | os.PathLike) -> str:
         return "midi-" + hashlib.sha1(source).hexdigest()[:16]
     path = Path(source).resolve()
     try:
-        rel = path.relative_to(_corpus_root())
+        rel = path.relative_to(_corpus_root().resolve())
         key = f"corpus:{rel.as_posix()}"
     except ValueError:
         st = path.stat()
@@ -210,7 +210,8 @@ def render_score(
             f"render_score: need offset_seconds >= 0 and max_seconds > 0, got {offset_seconds}, {max_seconds}"
         )
     source = score_path_or_midi_bytes
-    tag = f"p{'orig' if program is None else program}-sr{sample_rate}-o{offset_seconds:g}-m{max_seconds}"
+    length = "all" if max_seconds is None else f"{float(max_seconds):g}"
+    tag = f"p{'orig' if program is None else program}-sr{sample_rate}-o{float(offset_seconds):g}-m{length}"
     cached = cache_dir() / "audio" / CACHE_VERSION / _piece_id(source) / f"{tag}.npy"
     if cached.is_file():
         return np.load(cached, allow_pickle=False)
