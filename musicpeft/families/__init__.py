@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .audioldm2 import AUDIOLDM2
 from .base import ModelFamily, TextEncoderSlot, get_submodule
 from .musicgen import MUSICGEN
 
-FAMILIES: list[ModelFamily] = [MUSICGEN]
+FAMILIES: list[ModelFamily] = [MUSICGEN, AUDIOLDM2]
 
 
 class UnsupportedModelError(TypeError):
