@@ -1,0 +1,224 @@
+"""Concept placeholders in prompts: `<koto>` becomes that concept's identifier tokens before tokenization.
+
+diffusers' textual inversion expands a multi-vector placeholder in the pipeline (`maybe_convert_prompt`);
+MusicGen has no such step and AudioLDM2's pipeline does not call it. Here the expansion lives on the
+tokenizer itself, so every caller (a MusicGen processor, AudioLDM2's `encode_prompt`, a collator) gets it:
+`install_placeholders` gives one tokenizer instance an `_encode_plus`/`tokenize` that expand placeholders
+first (instance attributes: the class, the vocabulary and `save_pretrained` are untouched).
+
+The identifier tokens themselves are added to the tokenizer as added tokens (`<koto:0>`, `<koto:1>`, ...);
+the ids the tokenizer gives them are read back and handed to the embedding layers, which answer them from
+the learned table (`musicpeft/tuners/concept_identifier/layer.py`).
+
+Typical use with MusicGen::
+
+    processor = ...                                  # the model's MusicgenProcessor
+    musicpeft.concepts.bind_processor(model, processor)
+    peft_model = musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto", "shamisen"]))
+    processor(text=["a <koto> and <shamisen> duet"], return_tensors="pt")   # placeholders expanded
+
+AudioLDM2 pipelines carry their tokenizers, so nothing needs binding there.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+PLACEHOLDER = re.compile(r"<([\w\-]+)>")
+_DEFINITIONS = "_musicpeft_placeholders"
+_OWN_TOKENS = "_musicpeft_identifier_tokens"
+
+
+class UnknownConceptError(ValueError):
+    """A prompt names a `<placeholder>` that no loaded concept defines."""
+
+
+# -- pure text --------------------------------------------------------------------------------------------
+def expand_placeholders(text: Any, definitions: Mapping[str, str], tokenizer: Any = None) -> Any:
+    """Replace every `<name>` of `definitions` in `text` (a string or nested lists of strings).
+
+    Anything shaped like a placeholder that is neither defined nor an existing token of `tokenizer`
+    (such as `<pad>`) raises `UnknownConceptError` naming the known placeholders.
+    """
+    if isinstance(text, str):
+        unknown: list[str] = []
+
+        def replace(match: re.Match[str]) -> str:
+            found = match.group(0)
+            if found in definitions:
+                return definitions[found]
+            if tokenizer is None or not _is_vocabulary_token(tokenizer, found):
+                unknown.append(found)
+            return found
+
+        expanded = PLACEHOLDER.sub(replace, text)
+        if unknown:
+            known = ", ".join(sorted(definitions)) or "none"
+            raise UnknownConceptError(
+                f"Unknown concept placeholder(s) {sorted(set(unknown))} in prompt {text!r}; known placeholders: "
+                f"{known}. Load the adapter that defines them, or fix the name."
+            )
+        return expanded
+    if isinstance(text, (list, tuple)):
+        return type(text)(expand_placeholders(t, definitions, tokenizer) for t in text)
+    return text  # None, or token ids
+
+
+def _is_vocabulary_token(tokenizer: Any, token: str) -> bool:
+    if token in getattr(tokenizer, "all_special_tokens", ()):
+        return True
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return token_id is not None and token_id != unk
+
+
+# -- tokenizers -------------------------------------------------------------------------------------------
+def _encode_plus(self: Any, text: Any = None, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
+    definitions = getattr(self, _DEFINITIONS, {})
+    text = expand_placeholders(text, definitions, self)
+    text_pair = expand_placeholders(text_pair, definitions, self)
+    return type(self)._encode_plus(self, text, text_pair, *args, **kwargs)
+
+
+def _tokenize(self: Any, text: str, *args: Any, **kwargs: Any) -> list[str]:
+    return type(self).tokenize(self, expand_placeholders(text, getattr(self, _DEFINITIONS, {}), self), *args, **kwargs)
+
+
+def placeholder_definitions(tokenizer: Any) -> dict[str, str]:
+    """The placeholders this tokenizer expands, and what each becomes."""
+    return dict(getattr(tokenizer, _DEFINITIONS, {}))
+
+
+def install_placeholders(tokenizer: Any, definitions: Mapping[str, str]) -> None:
+    """Make `tokenizer` expand `definitions` (placeholder -> text) in everything it tokenizes.
+
+    Idempotent; later definitions of the same placeholder replace earlier ones. Works on the instance
+    only (bound methods as instance attributes), so `copy.deepcopy` and pickling carry it along.
+    """
+    if not hasattr(type(tokenizer), "_encode_plus"):
+        raise TypeError(f"{type(tokenizer).__name__} is not a transformers tokenizer; cannot expand placeholders.")
+    merged = {**getattr(tokenizer, _DEFINITIONS, {}), **definitions}
+    object.__setattr__(tokenizer, _DEFINITIONS, merged)
+    tokenizer._encode_plus = types.MethodType(_encode_plus, tokenizer)
+    tokenizer.tokenize = types.MethodType(_tokenize, tokenizer)
+
+
+def remove_placeholders(tokenizer: Any, placeholders: list[str] | None = None) -> None:
+    """Stop expanding `placeholders` (all of them when None); the added tokens stay in the vocabulary."""
+    current = getattr(tokenizer, _DEFINITIONS, {})
+    keep = {} if placeholders is None else {k: v for k, v in current.items() if k not in placeholders}
+    object.__setattr__(tokenizer, _DEFINITIONS, keep)
+    if not keep:
+        for name in ("_encode_plus", "tokenize"):
+            tokenizer.__dict__.pop(name, None)
+
+
+def check_identifier_tokens(tokenizer: Any, placeholders: Mapping[str, list[str]]) -> None:
+    """Refuse placeholders or identifier tokens that are already real tokens of this tokenizer."""
+    own = getattr(tokenizer, _OWN_TOKENS, set())
+    for name, tokens in placeholders.items():
+        clashes = [t for t in [name, *tokens] if t not in own and _is_vocabulary_token(tokenizer, t)]
+        if clashes:
+            raise ValueError(
+                f"Concept placeholder {name} collides with existing token(s) {clashes} of the "
+                f"{type(tokenizer).__name__}; rename the concept."
+            )
+
+
+def add_identifier_tokens(tokenizer: Any, tokens: list[str]) -> dict[str, int]:
+    """Add identifier tokens as (non-special) added tokens; returns the id the tokenizer gave each."""
+    from transformers import AddedToken
+
+    own = set(getattr(tokenizer, _OWN_TOKENS, set()))
+    new = [t for t in tokens if t not in own]
+    if new:
+        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in new])
+        object.__setattr__(tokenizer, _OWN_TOKENS, own | set(new))
+    ids = dict(zip(tokens, tokenizer.convert_tokens_to_ids(tokens), strict=True))
+    missing = [t for t, i in ids.items() if i is None or i == getattr(tokenizer, "unk_token_id", None)]
+    if missing:
+        raise RuntimeError(f"{type(tokenizer).__name__} did not accept the identifier tokens {missing}.")
+    return ids
+
+
+# -- models, processors, pipelines ------------------------------------------------------------------------
+def _base_model(model: Any) -> Any:
+    peft_model = model if hasattr(model, "peft_config") and hasattr(model, "base_model") else None
+    peft_model = peft_model or getattr(model, "_musicpeft_peft_model", None)
+    inner = peft_model if peft_model is not None else model
+    while hasattr(inner, "get_base_model") and inner is not inner.get_base_model():
+        inner = inner.get_base_model()
+    return inner
+
+
+def concept_tuners(model_or_pipe: Any) -> list[nn.Module]:
+    """The concept-identifier tuners (including pivotal ones) attached to a model or pipeline."""
+    from .tuners.concept_identifier.components import is_pipeline
+    from .tuners.concept_identifier.model import ConceptIdentifierModel
+
+    roots: list[Any] = []
+    if is_pipeline(model_or_pipe):
+        roots.append(getattr(model_or_pipe, "_musicpeft_concept_peft_model", None))
+    else:
+        roots += [model_or_pipe, getattr(_base_model(model_or_pipe), "_musicpeft_peft_model", None)]
+    tuners = []
+    for root in roots:
+        tuner = getattr(root, "base_model", root)
+        if isinstance(tuner, ConceptIdentifierModel) and tuner not in tuners:
+            tuners.append(tuner)
+    return tuners
+
+
+def bind_processor(model_or_pipe: Any, processor: Any = None) -> None:
+    """Tie a processor's (or tokenizer's) tokenizer to a MusicGen model, for its concept adapters.
+
+    Adapters attached later add their identifier tokens to it, adapters already attached add theirs now,
+    and from then on the tokenizer expands `<concept>` placeholders. Init words of a new adapter are
+    tokenized with it. Pipelines keep their own tokenizers; for them `processor` must be None.
+    """
+    from .families import family_of
+    from .tuners.concept_identifier.components import is_pipeline
+
+    if is_pipeline(model_or_pipe):
+        if processor is not None:
+            raise TypeError("A pipeline tokenizes with its own tokenizers; bind_processor takes no processor for it.")
+    else:
+        if processor is None:
+            raise TypeError("bind_processor needs the model's processor (or tokenizer).")
+        base = _base_model(model_or_pipe)
+        family = family_of(base)
+        bound = {}
+        for slot in family.text_encoders:
+            tokenizer = getattr(processor, slot.tokenizer, None) if slot.tokenizer else None
+            tokenizer = tokenizer if tokenizer is not None else processor
+            if not hasattr(tokenizer, "convert_tokens_to_ids"):
+                raise TypeError(f"{type(processor).__name__} has no tokenizer for the {slot.name} text encoder.")
+            bound[slot.name] = tokenizer
+        object.__setattr__(base, "_musicpeft_tokenizers", bound)
+    for tuner in concept_tuners(model_or_pipe):
+        tuner.sync_tokenizers()
+
+
+def bound_tokenizers(root: nn.Module) -> dict[str, Any]:
+    """Slot name -> tokenizer for the tuner root: the bound processor's, or a pipeline's own."""
+    from .tuners.concept_identifier.components import PipelineModules
+
+    if isinstance(root, PipelineModules):
+        family = root.musicpeft_family
+        return {s.name: getattr(root.pipe, s.tokenizer) for s in family.text_encoders if s.tokenizer}
+    return dict(getattr(root, "_musicpeft_tokenizers", {}))
+
+
+def load_concept_adapter(model_or_pipe: Any, source: Any, adapter_name: str = "default", *, processor: Any = None,
+                         **kwargs: Any) -> Any:
+    """`musicpeft.load_adapter` with the processor bound first, so that placeholders work at once (MusicGen)."""
+    from .api import load_adapter
+
+    if processor is not None:
+        bind_processor(model_or_pipe, processor)
+    return load_adapter(model_or_pipe, source, adapter_name, **kwargs)

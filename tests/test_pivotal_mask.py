@@ -1,0 +1,228 @@
+"""PivotalMaskConfig on MusicGen: masks, top-P% selection, sparse stage 2, memory, save/load, merge, errors."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from functools import cache
+
+import pytest
+import torch
+from fixtures import tiny_musicgen, tiny_musicgen_processor
+from safetensors.torch import load_file
+
+import musicpeft
+from musicpeft import concepts
+from musicpeft.tuners.pivotal_mask import PivotalMaskConfig, random_percent, selected_count, top_percent, union
+
+SELF_V = [f"decoder.model.decoder.layers.{i}.self_attn.v_proj" for i in range(2)]
+CROSS_KV = [f"decoder.model.decoder.layers.{i}.encoder_attn.{p}_proj" for i in range(2) for p in ("k", "v")]
+ENTRIES = 2 * 32 * 32  # self-attention value entries of the tiny decoder
+PROMPTS = {"koto": ["a <koto> jig", "<koto> melody"], "shamisen": ["a <shamisen> reel", "slow <shamisen> waltz"]}
+
+
+@cache
+def _built(seed: int):
+    return tiny_musicgen(seed)
+
+
+def musicgen(seed: int = 0):
+    return copy.deepcopy(_built(seed))
+
+
+def labels(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 64, (n, 10, 4), generator=torch.Generator().manual_seed(seed))
+
+
+def train(peft_model, batch, target, steps: int = 3, lr: float = 1e-2) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        peft_model(**batch, labels=target).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return optimizer
+
+
+def logits(model, inputs):
+    dec = torch.arange(24).reshape(8, 3) % 64
+    with torch.no_grad():
+        return model(**inputs, decoder_input_ids=dec).logits
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Algorithm 1 on the tiny MusicGen: one mask per concept, union, joint stage 2 (a few steps each)."""
+    model, processor = musicgen(), tiny_musicgen_processor()
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    concepts.bind_processor(model, processor)
+    peft_model = None
+    after_mask = {}
+    for i, name in enumerate(PROMPTS):
+        config = PivotalMaskConfig(concepts=[name], stage="mask")
+        peft_model = musicpeft.add_adapter(model, config, f"mask_{name}")
+        batch = processor(text=PROMPTS[name], return_tensors="pt", padding=True)
+        train(peft_model, batch, labels(2, i))
+        after_mask[name] = {k: v.detach().clone() for k, v in peft_model.state_dict().items()}
+    tuner = peft_model.base_model
+    singles = {name: tuner.select(f"mask_{name}", 5.0) for name in PROMPTS}
+    config = PivotalMaskConfig(concepts=list(PROMPTS), stage="tune", mask_adapters=[f"mask_{n}" for n in PROMPTS])
+    peft_model = musicpeft.add_adapter(model, config)
+    initial = {k: v.detach().clone() for k, v in peft_model.state_dict().items()}
+    texts = PROMPTS["koto"] + PROMPTS["shamisen"] + ["<koto> and <shamisen> duet"]
+    batch = processor(text=texts, return_tensors="pt", padding=True)
+    optimizer = train(peft_model, batch, labels(5, 7), lr=1e-2)
+    return dict(model=model, processor=processor, peft_model=peft_model, base=base, after_mask=after_mask,
+                singles=singles, config=config, optimizer=optimizer, initial=initial, batch=batch)
+
+
+@pytest.mark.parametrize("percent", [0, -1, 100.5, float("nan")])
+def test_percent_outside_0_100_is_refused(percent):
+    with pytest.raises(ValueError, match=f"percent must be in \\(0, 100\\], got {percent}"):
+        PivotalMaskConfig(concepts=["koto"], percent=percent)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="needs the stage-1 masks.*selection='random'"):
+        PivotalMaskConfig(concepts=["koto"], stage="tune")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        PivotalMaskConfig(concepts=["koto"], stage="both")
+    with pytest.raises(ValueError, match="selection must be one of"):
+        PivotalMaskConfig(concepts=["koto"], selection="best")
+    with pytest.raises(ValueError, match="Duplicate concept names"):
+        PivotalMaskConfig(concepts=["koto", "koto"])
+    PivotalMaskConfig(concepts=["koto"], stage="tune", selection="random")  # random needs no mask
+
+
+def test_stage2_naming_absent_masks_is_refused():
+    model = musicgen()
+    config = PivotalMaskConfig(concepts=["koto"], stage="tune", mask_adapters=["mask_koto"])
+    with pytest.raises(ValueError, match=r"needs the stage-1 masks \['mask_koto'\]"):
+        musicpeft.add_adapter(model, config)
+
+
+def test_stage1_changes_only_the_mask(run):
+    first = run["after_mask"]["koto"]
+    base = run["base"]
+    changed = []
+    for key, value in first.items():
+        original = base.get(key.removeprefix("base_model.model.").replace(".base_layer", ""))
+        if original is not None and "pivotal_" not in key and "concept_" not in key:
+            assert torch.equal(value, original), key
+        elif "concept_embeddings" in key:
+            pass  # checked below
+        elif not torch.equal(value, torch.ones_like(value)):
+            changed.append(key)
+    assert sorted(changed) == sorted(f"base_model.model.{n}.pivotal_mask.mask_koto" for n in SELF_V)
+    # The identifier tokens stay at their initial values during stage 1.
+    tokens = "base_model.model.text_encoder.shared.concept_embeddings.mask_koto"
+    assert torch.equal(first[tokens], run["initial"][tokens])
+
+
+def test_selected_count_is_round_p_percent():
+    deltas = {n: torch.rand(32, 32, generator=torch.Generator().manual_seed(i)) for i, n in enumerate(SELF_V)}
+    for percent in (1, 5, 12.5, 100):
+        assert sum(v.numel() for v in top_percent(deltas, percent).values()) == round(ENTRIES * percent / 100)
+        per_layer = top_percent(deltas, percent, per_layer=True)
+        assert all(v.numel() == round(1024 * percent / 100) for v in per_layer.values())
+    # Global selection ranks across layers: double one layer's deltas and it takes the whole budget.
+    deltas[SELF_V[0]] = deltas[SELF_V[0]] + 10
+    assert {n: v.numel() for n, v in top_percent(deltas, 5).items()} == {SELF_V[0]: 102, SELF_V[1]: 0}
+    shapes = {n: (32, 32) for n in SELF_V}
+    assert sum(v.numel() for v in random_percent(shapes, 5, seed=1).values()) == selected_count(ENTRIES, 5) == 102
+
+
+def test_selection_from_trained_masks(run):
+    for selection in run["singles"].values():
+        assert sum(v.numel() for v in selection.values()) == round(0.05 * ENTRIES)
+
+
+def test_union_selection_equals_union_of_single_selections(run):
+    tuner = run["peft_model"].base_model
+    stored = tuner.selection_of("default")
+    for name in SELF_V:
+        expected = set(run["singles"]["koto"][name].tolist()) | set(run["singles"]["shamisen"][name].tolist())
+        assert set(stored[name].tolist()) == expected
+    assert run["config"].num_selected == sum(len(v) for v in stored.values())
+    assert union(*run["singles"].values()).keys() == stored.keys()
+
+
+def test_stage2_changes_exactly_the_selected_entries_and_cross_attention(run):
+    peft_model, base = run["peft_model"], run["base"]
+    selection = peft_model.base_model.selection_of("default")
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    state = merged.state_dict()
+    for key, value in base.items():
+        module = key.rsplit(".", 1)[0]
+        if module in SELF_V:
+            diff = (state[key] != value).reshape(-1).nonzero().reshape(-1)
+            assert set(diff.tolist()) <= set(selection[module].tolist()) and diff.numel() > 0, key
+        elif module in CROSS_KV:
+            assert (state[key] != value).float().mean() > 0.9, key
+        elif key in ("text_encoder.shared.weight", "text_encoder.encoder.embed_tokens.weight"):
+            assert torch.equal(state[key][:138], value) and state[key].shape == (144, 32)
+        else:
+            assert torch.equal(state[key], value), key
+
+
+def test_optimizer_state_matches_the_trainable_count(run):
+    peft_model, optimizer = run["peft_model"], run["optimizer"]
+    counts = peft_model.base_model.trainable_counts("default")
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert counts == {"mask": 0, "self_attention_values": run["config"].num_selected,
+                      "cross_attention": 4 * 32 * 32, "tokens": 6 * 32}
+    assert trainable == sum(counts.values())
+    state = sum(t.numel() for s in optimizer.state.values() for t in s.values() if t.dim() > 0)
+    assert state == 2 * trainable  # AdamW: exp_avg + exp_avg_sq, nothing of W_V's full size
+    values = [p for n, p in peft_model.named_parameters() if "pivotal_values" in n and p.requires_grad]
+    assert sum(p.numel() for p in values) == run["config"].num_selected
+
+
+def _saved(run, tmp_path):
+    musicpeft.save_adapter(run["peft_model"], tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_save_load_and_merge_give_identical_outputs(run, tmp_path):
+    peft_model, processor = run["peft_model"], run["processor"]
+    inputs = processor(text=["<koto> and <shamisen> duet", "a <shamisen> reel"], return_tensors="pt", padding=True)
+    reference = logits(peft_model, inputs)
+    folder = _saved(run, tmp_path)
+    saved = load_file(folder / "adapter_model.safetensors")
+    kinds = sorted({k.rsplit(".", 1)[-1] for k in saved})
+    assert kinds == ["concept_embeddings", "pivotal_delta", "pivotal_indices", "pivotal_values"]
+    assert sum(v.numel() for k, v in saved.items() if k.endswith("pivotal_indices")) == run["config"].num_selected
+    assert saved[f"base_model.model.{SELF_V[0]}.pivotal_indices"].dtype == torch.int64
+
+    fresh = tiny_musicgen_processor()
+    loaded = concepts.load_concept_adapter(musicgen(), folder, processor=fresh)
+    fresh_inputs = fresh(text=["<koto> and <shamisen> duet", "a <shamisen> reel"], return_tensors="pt", padding=True)
+    assert torch.equal(logits(loaded, fresh_inputs), reference)
+    merged = loaded.merge_and_unload()
+    assert not any("pivotal" in n or "concept" in n for n, _ in merged.named_modules())
+    assert torch.equal(logits(merged, fresh_inputs), reference)
+
+
+def test_merging_an_adapter_trained_on_another_base_is_refused(run, tmp_path):
+    folder = _saved(run, tmp_path)
+    other = musicgen(seed=1)
+    concepts.bind_processor(other, tiny_musicgen_processor())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = musicpeft.load_adapter(other, folder)
+    assert any("different" in str(w.message) or "fingerprint" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="trained on a different base"):
+        loaded.merge_and_unload()
+
+
+def test_random_and_cross_attention_only_variants():
+    model, processor = musicgen(), tiny_musicgen_processor()
+    concepts.bind_processor(model, processor)
+    config = PivotalMaskConfig(concepts=["koto"], stage="tune", selection="random", percent=10, per_layer=True)
+    peft_model = musicpeft.add_adapter(model, config)
+    assert {n: v.numel() for n, v in peft_model.base_model.selection_of("default").items()} == {
+        n: round(0.1 * 1024) for n in SELF_V
+    }
+    custom = PivotalMaskConfig(concepts=["koto"], stage="tune", selection="none")
+    peft_model.add_adapter("custom_diffusion", custom)
+    counts = peft_model.base_model.trainable_counts("custom_diffusion")
+    assert counts == {"mask": 0, "self_attention_values": 0, "cross_attention": 4096, "tokens": 96}
