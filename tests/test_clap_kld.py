@@ -295,6 +295,10 @@ def test_evaluate_metric_checks_lengths(clap):
         metric.compute(predictions=_tones(2), prompts=["x"], sampling_rate=SR)
     result = metric.compute(predictions=_tones(2), prompts=["x", "y"], sampling_rate=SR, metrics=["clap_score"])
     assert len(result["clap_score_per_item"]) == 2
+    unloaded = evaluate.load("clap_kld", keep_in_memory=True)  # the model can also come at compute time
+    again = unloaded.compute(predictions=_tones(2), prompts=["x", "y"], sampling_rate=SR, metrics=["clap_score"],
+                             clap_model=clap)
+    assert again["clap_score_per_item"] == pytest.approx(result["clap_score_per_item"], abs=1e-6)
 
 
 # --- LAION checkpoints -----------------------------------------------------------------------

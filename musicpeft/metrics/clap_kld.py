@@ -105,21 +105,18 @@ class ClapKld(evaluate.Metric):
         return super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def _backend_for(self, clap_model, clap_processor):
-        if clap_model is not None or clap_processor is not None:
-            from .clap import load_clap_backend
+        """The load-time CLAP (loaded once, kept), or a one-off one when compute overrides model/processor."""
+        from .clap import load_clap_backend
 
-            args = dict(self._clap_args)
-            args.update({k: v for k, v in (("model", clap_model), ("processor", clap_processor)) if v is not None})
-            model = args.pop("model")
-            processor = args.pop("processor")
-            return load_clap_backend(model, processor, backend=args["backend"], device=args["device"],
-                                     batch_size=args["batch_size"], config=args["config"])
-        if self._backend is None:
-            from .clap import load_clap_backend
-
-            args = dict(self._clap_args)
-            self._backend = load_clap_backend(args.pop("model"), args.pop("processor"), **args)
-        return self._backend
+        args = dict(self._clap_args)
+        model, processor = args.pop("model"), args.pop("processor")
+        if clap_model is None and clap_processor is None:
+            if self._backend is None:
+                self._backend = load_clap_backend(model, processor, **args)
+            return self._backend
+        model = clap_model if clap_model is not None else model
+        processor = clap_processor if clap_processor is not None else processor
+        return load_clap_backend(model, processor, **args)
 
     def _compute(self, predictions, prompts, reference_audio=None, metrics=None, clap_model=None,
                  clap_processor=None, **kwargs):

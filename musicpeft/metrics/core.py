@@ -165,8 +165,8 @@ def compute_clap_kld(
             KLD, to the CLAP model's rate for embeddings).
         reference_sampling_rate: rate of reference / concept clips that carry none (default:
             ``sampling_rate`` when it is one number).
-        concept_audio: ``{concept name: clips}`` for concept customisation; audio alignment is
-            computed per concept, ΔAudio Alignment when there are two or more.
+        concept_audio: ``{concept name: clips or ReferenceSet}`` for concept customisation; audio
+            alignment is computed per concept, ΔAudio Alignment when there are two or more.
         metrics: subset of ``ALL_METRICS``; by default everything the inputs allow.
         clap_model, clap_processor, clap_backend, clap_config, device: see
             :func:`~musicpeft.metrics.clap.load_clap_backend` (a ready backend object is reused).
@@ -241,6 +241,7 @@ def compute_clap_kld(
         backend = load_clap_backend(clap_model, clap_processor, backend=clap_backend, device=device,
                                     batch_size=batch_size, seed=seed, config=clap_config)
         result["clap_model"] = backend.name
+        seed = getattr(backend, "seed", seed)  # a ready backend crops with its own seed
         result.update(_clap_part(checked, prompts, reference, concept_audio, ref_rate, chosen, backend,
                                  placeholder_pattern, silence_threshold, fc, n))
     result["config"] = {
@@ -293,7 +294,8 @@ def _clap_part(checked, prompts, reference, concept_audio, ref_rate, chosen, bac
         if concept_audio:
             concepts = {}
             for name, clips in concept_audio.items():
-                ref = ReferenceSet(clips, ref_rate, fc, None, silence_threshold, name=f"concept_audio[{name!r}]")
+                ref = clips if isinstance(clips, ReferenceSet) else ReferenceSet(
+                    clips, ref_rate, fc, None, silence_threshold, name=f"concept_audio[{name!r}]")
                 concepts[str(name)] = ref.embeddings(backend)
         else:
             concepts = {"reference": reference.embeddings(backend)}
