@@ -1,0 +1,264 @@
+"""Publishing and loading adapters through a Hub: the real huggingface_hub client against LocalHubServer."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import hub_fixtures
+import pytest
+import torch
+from fixtures import tiny_musicgen, tiny_musicgen_processor
+from huggingface_hub import ModelCard, get_session, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError
+from peft import PeftModel
+
+import musicpeft
+from musicpeft import AdapterFileError, SoftMusicPromptConfig
+from musicpeft.hub import push_adapter_to_hub, render_model_card
+from musicpeft.testing import LocalHubServer, pointed_at
+
+local_hub = hub_fixtures.local_hub  # until tests/conftest.py imports it for the whole suite
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return tiny_musicgen_processor()(text=["haegeum sanjo", "a slow waltz"], return_tensors="pt", padding=True)
+
+
+def _logits(model, inputs):
+    dec = torch.arange(24).reshape(8, 3) % 64
+    with torch.no_grad():
+        return model(**inputs, decoder_input_ids=dec).logits
+
+
+def _prompted(seed: int = 3):
+    return musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=5, init_seed=seed))
+
+
+def test_push_then_load_with_musicpeft_and_with_peft(local_hub, inputs):
+    original = _prompted()
+    url = push_adapter_to_hub(original, "user/korean-prompt", model_card={"training_data": "Sanjo recordings."})
+    assert url.startswith(f"{local_hub.endpoint}/user/korean-prompt/commit/")
+    files = local_hub.api.list_repo_files("user/korean-prompt")
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
+    assert not [f for f in files if f.endswith(".bin")]
+
+    loaded = musicpeft.load_adapter(tiny_musicgen(), "user/korean-prompt")
+    assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
+    stock = PeftModel.from_pretrained(tiny_musicgen(), "user/korean-prompt")
+    assert torch.equal(_logits(stock, inputs), _logits(original, inputs))
+    # The upload took the regular path the server asked for: no LFS or Xet round trip.
+    assert not [path for _, path in local_hub.server.requests if "lfs" in path or "xet" in path]
+
+
+def test_model_card_on_the_server_has_metadata_and_loading_instructions(local_hub):
+    push_adapter_to_hub(
+        _prompted(),
+        "user/korean-prompt",
+        model_card={"training_data": "Korean **sanjo** recordings.", "metrics": {"CLAP": 0.31}, "license": "mit"},
+    )
+    card = ModelCard.load("user/korean-prompt")
+    assert card.data.library_name == "peft"
+    assert card.data.pipeline_tag == "text-to-audio"
+    assert card.data.license == "mit"
+    assert card.data.tags[:4] == ["musicpeft", "text-to-music", "soft-music-prompt", "musicgen"]
+    for text in (
+        'musicpeft.load_adapter(model, "user/korean-prompt")',
+        'PeftModel.from_pretrained(model, "user/korean-prompt")',
+        "| `num_virtual_tokens` | `5` |",
+        "Korean **sanjo** recordings.",
+        "| CLAP | 0.31 |",
+        "Trainable parameters: 160",  # 5 tokens x width 32
+    ):
+        assert text in card.text, text
+    # The server reads the same YAML header back as the Hub would (repo info `cardData`).
+    info = local_hub.api.model_info("user/korean-prompt")
+    assert info.card_data.library_name == "peft" and "musicpeft" in info.tags
+
+
+def test_a_second_push_is_a_new_commit_and_an_unchanged_push_is_not(local_hub):
+    first = push_adapter_to_hub(_prompted(seed=1), "user/korean-prompt")
+    second = push_adapter_to_hub(_prompted(seed=2), "user/korean-prompt", commit_message="retrained")
+    assert first != second
+    again = push_adapter_to_hub(_prompted(seed=2), "user/korean-prompt")
+    assert again == second
+    titles = [c.title for c in local_hub.api.list_repo_commits("user/korean-prompt")]
+    assert titles == ["retrained", "Upload SOFT_MUSIC_PROMPT adapter with musicpeft", "initial commit"]
+
+
+def test_a_bare_repo_name_lands_in_the_users_namespace(local_hub):
+    url = push_adapter_to_hub(_prompted(), "bare-prompt")
+    assert url.startswith(f"{local_hub.endpoint}/user/bare-prompt/commit/")
+    assert 'load_adapter(model, "user/bare-prompt")' in ModelCard.load("user/bare-prompt").text
+
+
+def test_peft_push_to_hub_works_against_the_server(local_hub, inputs):
+    original = _prompted()
+    original.push_to_hub("user/other")
+    assert "adapter_model.safetensors" in local_hub.api.list_repo_files("user/other")
+    loaded = musicpeft.load_adapter(tiny_musicgen(), "user/other")
+    assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
+
+
+def test_a_repo_with_only_a_pickle_is_refused_unless_allowed(local_hub, tmp_path, inputs):
+    original = _prompted()
+    original.save_pretrained(tmp_path, safe_serialization=False)
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.bin"]
+    local_hub.api.create_repo("user/pickled")
+    local_hub.api.upload_folder(folder_path=tmp_path, repo_id="user/pickled")
+
+    with pytest.raises(AdapterFileError, match="adapter_model.safetensors"):
+        musicpeft.load_adapter(tiny_musicgen(), "user/pickled")
+    with pytest.raises(AdapterFileError, match="does not load pickled adapters"):
+        PeftModel.from_pretrained(tiny_musicgen(), "user/pickled")
+    loaded = musicpeft.load_adapter(tiny_musicgen(), "user/pickled", allow_pickle=True)
+    assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
+
+
+def test_an_unknown_repo_is_a_clear_error(local_hub):
+    with pytest.raises(
+        AdapterFileError, match="'user/no-such-adapter' is neither a local adapter folder nor a reachable"
+    ):
+        musicpeft.load_adapter(tiny_musicgen(), "user/no-such-adapter")
+
+
+def test_private_repo_needs_the_token(tmp_path, inputs):
+    original = _prompted()
+    with LocalHubServer(token="hf_local_secret") as server, pointed_at(server.endpoint, tmp_path / "hf"):
+        with pytest.raises(HfHubHTTPError, match="401"):
+            push_adapter_to_hub(original, "user/secret-prompt", private=True)
+        push_adapter_to_hub(original, "user/secret-prompt", private=True, token="hf_local_secret")
+        with pytest.raises(AdapterFileError, match="user/secret-prompt"):
+            musicpeft.load_adapter(tiny_musicgen(), "user/secret-prompt")
+        loaded = musicpeft.load_adapter(tiny_musicgen(), "user/secret-prompt", token="hf_local_secret")
+        assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
+
+
+def test_render_model_card_base_model_and_errors(tmp_path):
+    config = _prompted().peft_config["default"]
+    config.base_model_name_or_path = "facebook/musicgen-small"
+    card = ModelCard(render_model_card(config, "musicgen", {"tags": ["korean"]}, repo_id="user/x"))
+    assert card.data.base_model == "facebook/musicgen-small"
+    assert card.data.tags[-1] == "korean"
+    assert 'MusicgenForConditionalGeneration.from_pretrained("facebook/musicgen-small")' in card.text
+
+    config.base_model_name_or_path = str(tmp_path)  # a local path means nothing on the Hub
+    assert ModelCard(render_model_card(config, "musicgen")).data.base_model is None
+    with pytest.raises(ValueError, match="unknown key.*'trainig_data'.*training_data"):
+        render_model_card(config, "musicgen", {"trainig_data": "typo"})
+    with pytest.raises(ValueError, match=r"model_card\['metrics'\] must be a mapping"):
+        render_model_card(config, "musicgen", {"metrics": [0.3]})
+    with pytest.raises(ValueError, match="Unknown model family 'nope'"):
+        render_model_card(config, "nope")
+
+
+def test_server_speaks_the_resolve_protocol(local_hub):
+    api, http = local_hub.api, get_session()
+    api.create_repo("user/files")
+    commit = api.upload_file(path_or_fileobj=b"0123456789", path_in_repo="dir/digits.txt", repo_id="user/files")
+    url = f"{local_hub.endpoint}/user/files/resolve/main/dir/digits.txt"
+    head = http.head(url)
+    assert head.status_code == 200
+    assert head.headers["X-Repo-Commit"] == commit.oid
+    assert head.headers["Content-Length"] == "10"
+    assert head.headers["ETag"].strip('"') == api.get_paths_info("user/files", "dir/digits.txt")[0].blob_id
+    partial = http.get(url, headers={"Range": "bytes=4-"})
+    assert (partial.status_code, partial.content, partial.headers["Content-Range"]) == (206, b"456789", "bytes 4-9/10")
+
+    def error_code(method: str, path: str) -> tuple[int, str]:
+        response = http.request(method, local_hub.endpoint + path)
+        return response.status_code, response.headers.get("X-Error-Code")
+
+    assert error_code("HEAD", "/user/files/resolve/main/nope.txt") == (404, "EntryNotFound")
+    assert error_code("HEAD", "/user/nope/resolve/main/x") == (404, "RepoNotFound")
+    assert error_code("GET", "/api/models/user/files/revision/v9") == (404, "RevisionNotFound")
+    tree = http.get(f"{local_hub.endpoint}/api/models/user/files/tree/main").json()
+    assert [(e["type"], e["path"]) for e in tree] == [("file", ".gitattributes"), ("directory", "dir")]
+    unknown = http.get(f"{local_hub.endpoint}/api/models/user/files/discussions")
+    assert unknown.status_code == 501 and "does not implement GET" in unknown.json()["error"]
+
+
+METRIC_SCRIPT = """
+import datasets
+import evaluate
+
+
+class ClapKld(evaluate.Metric):
+    def _info(self):
+        value = datasets.Value("float32")
+        features = datasets.Features({"predictions": value, "references": value})
+        return evaluate.MetricInfo(description="test", citation="", inputs_description="", features=features)
+
+    def _compute(self, predictions, references):
+        return {"kld": float(sum(abs(p - r) for p, r in zip(predictions, references)))}
+"""
+
+
+def test_a_space_hosts_an_evaluate_metric(local_hub):
+    api = local_hub.api
+    api.create_repo("user/clap_kld", repo_type="space", space_sdk="gradio")
+    api.upload_file(
+        path_or_fileobj=METRIC_SCRIPT.encode(), path_in_repo="clap_kld.py", repo_id="user/clap_kld", repo_type="space"
+    )
+    path = hf_hub_download("user/clap_kld", "clap_kld.py", repo_type="space")
+    assert open(path).read() == METRIC_SCRIPT
+    assert api.space_info("user/clap_kld").sdk == "gradio"
+
+    import evaluate
+
+    metric = evaluate.load("user/clap_kld")
+    assert metric.compute(predictions=[1.0, 2.0], references=[1.5, 2.0]) == {"kld": 0.5}
+
+
+def test_pointed_at_puts_everything_back(tmp_path):
+    import huggingface_hub.constants as constants
+    from huggingface_hub.hf_api import api
+
+    before = (constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE, api.endpoint, dict(os.environ))
+    with pointed_at("http://127.0.0.1:9", tmp_path):
+        assert constants.ENDPOINT == api.endpoint == "http://127.0.0.1:9"
+        assert constants.HUGGINGFACE_CO_URL_TEMPLATE.startswith("http://127.0.0.1:9/{repo_id}/resolve/")
+        assert constants.HF_HUB_CACHE == str(tmp_path / "hub") and constants.HF_HUB_OFFLINE is False
+        assert os.environ["HF_ENDPOINT"] == "http://127.0.0.1:9" and "HF_TOKEN" not in os.environ
+    after = (constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE, api.endpoint, dict(os.environ))
+    assert after == before
+
+
+def test_server_binds_loopback_and_stops_by_itself():
+    server = LocalHubServer(max_lifetime_s=0.5).start()
+    assert server.endpoint.startswith("http://127.0.0.1:")
+    storage = server.store.root
+    deadline = time.monotonic() + 10
+    while server.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.running and not storage.exists()
+    with pytest.raises(RuntimeError, match="not running"):
+        server.endpoint  # noqa: B018
+    with pytest.raises(ValueError, match="max_lifetime_s"):
+        LocalHubServer(max_lifetime_s=0)
+
+
+END_TO_END = """
+import torch, musicpeft
+from huggingface_hub import constants
+from musicpeft.hub import push_adapter_to_hub
+from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
+
+assert constants.ENDPOINT.startswith("http://127.0.0.1:"), constants.ENDPOINT
+inputs = tiny_musicgen_processor()(text=["a slow waltz"], return_tensors="pt")
+dec = torch.arange(12).reshape(4, 3) % 64  # 1 prompt x 4 codebooks, 3 frames
+original = musicpeft.add_adapter(tiny_musicgen(), musicpeft.SoftMusicPromptConfig(num_virtual_tokens=4))
+print(push_adapter_to_hub(original, "user/e2e"))
+loaded = musicpeft.load_adapter(tiny_musicgen(), "user/e2e")
+with torch.no_grad():
+    assert torch.equal(loaded(**inputs, decoder_input_ids=dec).logits, original(**inputs, decoder_input_ids=dec).logits)
+print("round trip ok")
+"""
+
+
+def test_end_to_end_in_a_subprocess_with_hf_endpoint_set(local_hub):
+    result = local_hub.run_python(END_TO_END)
+    assert result.stdout.splitlines()[-1] == "round trip ok"
+    assert result.stdout.splitlines()[0].startswith(f"{local_hub.endpoint}/user/e2e/commit/")
+    assert "adapter_model.safetensors" in local_hub.api.list_repo_files("user/e2e")
