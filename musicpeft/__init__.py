@@ -10,6 +10,16 @@ from .api import add_adapter, load_adapter, save_adapter
 from .families import FAMILIES, UnsupportedModelError, family_of
 from .tuners import SoftMusicPromptConfig, SoftMusicPromptModel
 
+
+def __getattr__(name: str):
+    # Hub helpers import huggingface_hub's card machinery; load them only when asked for.
+    if name in ("push_adapter_to_hub", "render_model_card"):
+        from . import hub
+
+        return getattr(hub, name)
+    raise AttributeError(f"module 'musicpeft' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 adapter_files.install()
@@ -24,5 +34,7 @@ __all__ = [
     "add_adapter",
     "family_of",
     "load_adapter",
+    "push_adapter_to_hub",
+    "render_model_card",
     "save_adapter",
 ]

@@ -152,11 +152,22 @@ def resolve_source(source: str | os.PathLike, allow_pickle: bool = False, **hub_
 
     patterns = ["*.json", "*.safetensors", "*.md", "*.txt"] + (["*.bin"] if allow_pickle else [])
     try:
-        return snapshot_download(source, allow_patterns=patterns, **hub_kwargs)
+        folder = snapshot_download(source, allow_patterns=patterns, **hub_kwargs)
     except Exception as err:
         raise AdapterFileError(
             f"{source!r} is neither a local adapter folder nor a reachable Hub repo ({err})."
         ) from None
+    if not allow_pickle and not any(name.endswith(".safetensors") for _, _, names in os.walk(folder) for name in names):
+        from huggingface_hub import HfApi
+
+        files = HfApi().list_repo_files(source, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+        pickles = [name for name in files if name.endswith(".bin")]
+        if pickles:
+            raise AdapterFileError(
+                f"{source} holds only pickled weights ({', '.join(pickles)}); musicpeft loads safetensors only. "
+                "If you trust this repo, pass allow_pickle=True."
+            )
+    return folder
 
 
 def load_adapter(

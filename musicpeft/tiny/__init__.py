@@ -3,7 +3,16 @@
 They serve as the offline demo's default model and as the test suite's fixtures.
 """
 
+from .audioldm2 import make_roberta_tokenizer, tiny_audioldm2_pipeline
 from .musicgen import tiny_musicgen, tiny_musicgen_config, tiny_musicgen_processor
 from .tokenizers import WORDS, make_t5_tokenizer
 
-__all__ = ["WORDS", "make_t5_tokenizer", "tiny_musicgen", "tiny_musicgen_config", "tiny_musicgen_processor"]
+__all__ = [
+    "make_roberta_tokenizer",
+    "tiny_audioldm2_pipeline",
+    "WORDS",
+    "make_t5_tokenizer",
+    "tiny_musicgen",
+    "tiny_musicgen_config",
+    "tiny_musicgen_processor",
+]
