@@ -420,6 +420,7 @@ def test_write_report_writes_every_file(clap, tmp_path):
     assert payload["baseline"] == "base" and set(payload["per_category"]["kld_per_item"]) == {"instrument", "genre"}
     md = written["markdown"].read_text()
     assert "| base |" in md and "fast violin jig" in md and "soft-prompt − base" in md
+    assert "&lt;koto&gt; piece" in md  # placeholders stay visible in rendered Markdown
     with pytest.raises(ValueError, match="categories has 1 entries"):
         write_report(results, tmp_path / "bad", categories=["x"])
 

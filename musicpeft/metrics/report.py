@@ -29,6 +29,11 @@ def _fmt(v) -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
 
 
+def _cell(text) -> str:
+    """Text safe inside a Markdown table cell: ``<concept>`` placeholders would otherwise render as HTML tags."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -92,7 +97,7 @@ def _markdown(results, names, prompts, categories, title) -> str:
     for name in names:
         r = results[name]
         row = [_fmt(r.get(a)) for a in present]
-        lines.append(f"| {name} | " + " | ".join(row) + f" | {r.get('num_scored')} / {r.get('num_items')} |")
+        lines.append(f"| {_cell(name)} | " + " | ".join(row) + f" | {r.get('num_scored')} / {r.get('num_items')} |")
     for name in names:
         for e in results[name].get("excluded") or []:
             lines.append(f"\n- {name}: item {e['index']} excluded: {e['reason']}")
@@ -103,7 +108,7 @@ def _markdown(results, names, prompts, categories, title) -> str:
             lines += ["", f"## {label} by category ({direction})", "",
                       "| category | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
             for cat, means in _category_means(results, names, categories, key).items():
-                lines.append(f"| {cat} | " + " | ".join(_fmt(means[n]) for n in names) + " |")
+                lines.append(f"| {_cell(cat)} | " + " | ".join(_fmt(means[n]) for n in names) + " |")
         lines += ["", f"## {label} per prompt ({direction})", ""]
         head = ["#", "prompt"] + (["category"] if categories is not None else []) + names
         head += [f"{n} − {names[0]}" for n in names[1:]]
@@ -112,8 +117,8 @@ def _markdown(results, names, prompts, categories, title) -> str:
         for i in range(n_items):
             vals = [(results[n].get(key) or [None] * n_items)[i] for n in names]
             deltas = [None if v is None or vals[0] is None else v - vals[0] for v in vals[1:]]
-            prompt = (prompts[i] if prompts is not None else "").replace("|", "\\|")
-            cells = [str(i), prompt] + ([str(categories[i])] if categories is not None else [])
+            prompt = _cell(prompts[i]) if prompts is not None else ""
+            cells = [str(i), prompt] + ([_cell(categories[i])] if categories is not None else [])
             lines.append("| " + " | ".join(cells + [_fmt(v) for v in vals] + [_fmt(d) for d in deltas]) + " |")
     return "\n".join(lines) + "\n"
 
