@@ -123,10 +123,14 @@ AUDIOLDM2 = ModelFamily(
     text_encoders=(
         # FLAN-T5: one state per token, the conditioning the paper's soft prompt goes into (DESIGN.md §1).
         # (TTS checkpoints put a VitsModel here instead; it does not take a soft prompt.)
-        TextEncoderSlot(name="t5", module="text_encoder_2", tokenizer="tokenizer_2"),
+        TextEncoderSlot(name="t5", module="text_encoder_2", tokenizer="tokenizer_2", component_inner_module="encoder"),
         # CLAP's text branch: pooled at position 0 (`<s>`), so a soft prompt must go after that token.
         TextEncoderSlot(
-            name="clap", module="text_encoder.text_model", tokenizer="tokenizer", takes_soft_prompt_by_default=False
+            name="clap",
+            module="text_encoder.text_model",
+            tokenizer="tokenizer",
+            takes_soft_prompt_by_default=False,
+            prompt_insert_at=1,
         ),
     ),
     # Every self-attention value projection: attn1 everywhere and attn2 of the extra self-attention layers.

@@ -29,9 +29,19 @@ class TextEncoderSlot:
     takes_soft_prompt_by_default: bool = True
     # Where soft-prompt vectors enter the token sequence: 0 prepends; 1 keeps a pooled first token first.
     prompt_insert_at: int = 0
-    # For an encoder adapted as its own component (a pipeline's text encoder): the submodule inside it that
-    # the soft-prompt layer wraps (peft cannot wrap a model's root module).
+    # When `module` is a pipeline component itself (T5EncoderModel): the submodule inside it that a
+    # soft-prompt layer wraps, since peft cannot wrap a model's root module.
     component_inner_module: str | None = None
+
+    @property
+    def component(self) -> str:
+        """The pipeline attribute holding this encoder (`text_encoder` for `text_encoder.text_model`)."""
+        return self.module.split(".", 1)[0]
+
+    @property
+    def path_in_component(self) -> str | None:
+        """Where the encoder sits inside its component (`text_model`), else `component_inner_module`."""
+        return self.module.split(".", 1)[1] if "." in self.module else self.component_inner_module
 
 
 @dataclass(frozen=True)

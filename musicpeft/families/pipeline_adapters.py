@@ -46,7 +46,7 @@ def component_for(config: Any, family: ModelFamily) -> str:
     if isinstance(config, SoftMusicPromptConfig):
         slot = family.text_encoder(config.text_encoder)
         config.base_family, config.text_encoder = family.name, slot.name
-        return slot.module
+        return slot.component
     component = family.extra.get("adapted_component")
     if component is None:
         raise ValueError(f"The {family.name} family names no component for {type(config).__name__}.")
@@ -115,7 +115,7 @@ def _guess_component(folder: str, family: ModelFamily) -> str:
     with open(os.path.join(folder, "adapter_config.json")) as handle:
         config = json.load(handle)
     if config.get("peft_type") == "SOFT_MUSIC_PROMPT":
-        return family.text_encoder(config.get("text_encoder")).module
+        return family.text_encoder(config.get("text_encoder")).component
     return family.extra["adapted_component"]
 
 
@@ -130,14 +130,17 @@ def _active_prompt_layers(pipe: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def _prompts_disabled(layers: list[Any]) -> Iterator[None]:
-    states = [layer.disable_adapters for layer in layers]
+    # enable_adapters() also flips requires_grad, so remember both and restore exactly.
+    states = [(layer._disable_adapters, [(p, p.requires_grad) for p in layer.parameters()]) for layer in layers]
     for layer in layers:
         layer.enable_adapters(False)
     try:
         yield
     finally:
-        for layer, disabled in zip(layers, states, strict=True):
-            layer.enable_adapters(not disabled)
+        for layer, (disabled, grads) in zip(layers, states, strict=True):
+            layer._disable_adapters = disabled
+            for param, requires_grad in grads:
+                param.requires_grad_(requires_grad)
 
 
 @contextlib.contextmanager
@@ -179,7 +182,7 @@ class _PromptedEncodePrompt:
     def _mask_owner(self) -> tuple[str, Any] | None:
         """(tokenizer attribute, prompt layer) of the slot whose token mask flows downstream (T5)."""
         slot = self.family.text_encoder(self.family.extra.get("masked_text_encoder", "t5"))
-        component = _components(self.pipe).get(slot.module)
+        component = _components(self.pipe).get(slot.component)
         if component is None:
             return None
         from ..tuners.soft_prompt import SoftPromptLayer

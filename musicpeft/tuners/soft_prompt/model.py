@@ -63,9 +63,9 @@ class SoftMusicPromptModel(BaseTuner):
                 raise
             family = get_family(config.base_family)
             slot = family.text_encoder(config.text_encoder)
-            if slot.component_inner_module is None:
+            if slot.path_in_component is None:
                 raise
-            return family, slot, slot.component_inner_module
+            return family, slot, slot.path_in_component
         if config.base_family is not None and config.base_family != family.name:
             raise ValueError(
                 f"This soft prompt was made for the {config.base_family!r} family, but the base model is "
