@@ -222,3 +222,97 @@ def load_concept_adapter(model_or_pipe: Any, source: Any, adapter_name: str = "d
     if processor is not None:
         bind_processor(model_or_pipe, processor)
     return load_adapter(model_or_pipe, source, adapter_name, **kwargs)
+
+
+# -- pipelines: one adapter over the U-Net and the text encoders together ----------------------------------
+_PIPE_PEFT = "_musicpeft_concept_peft_model"
+
+
+def is_concept_adapter(config_or_folder: Any) -> bool:
+    """Whether a config, or an adapter folder, belongs to the concept methods (identifier tokens, pivotal)."""
+    import json
+    import os
+
+    if isinstance(config_or_folder, (str, os.PathLike)):
+        path = os.path.join(os.fspath(config_or_folder), "adapter_config.json")
+        if not os.path.isfile(path):
+            return False
+        with open(path) as handle:
+            peft_type = json.load(handle).get("peft_type")
+    else:
+        peft_type = getattr(config_or_folder, "peft_type", None)
+    return str(peft_type) in ("CONCEPT_IDENTIFIER", "PIVOTAL_MASK")
+
+
+def pipeline_peft_model(pipe: Any) -> Any:
+    """The PeftModel holding a pipeline's concept adapters (None before the first one)."""
+    return pipe.__dict__.get(_PIPE_PEFT)
+
+
+def add_pipeline_adapter(pipe: Any, config: Any, adapter_name: str = "default") -> Any:
+    """Attach a concept adapter to a pipeline: one peft adapter over its U-Net and text encoders.
+
+    The pipeline's modules are adapted in place, so `pipe(prompt="a <koto> jig")` uses the adapter, and its
+    tokenizers expand the placeholders. Returns the PeftModel (its base is a `PipelineModules`).
+    """
+    from peft import get_peft_model
+
+    from .tuners.concept_identifier.components import pipeline_modules
+
+    peft_model = pipeline_peft_model(pipe)
+    if peft_model is None:
+        peft_model = get_peft_model(pipeline_modules(pipe), config, adapter_name=adapter_name)
+        object.__setattr__(pipe, _PIPE_PEFT, peft_model)
+        return peft_model
+    if adapter_name in peft_model.peft_config:
+        raise ValueError(f"The pipeline already has a concept adapter named {adapter_name!r}; pick another name.")
+    peft_model.add_adapter(adapter_name, config)
+    peft_model.set_adapter(adapter_name)
+    return peft_model
+
+
+def save_pipeline_adapter(pipe: Any, directory: Any, adapter_name: str = "default") -> str:
+    """Write a pipeline's concept adapter in peft's layout (its config records the family it was made for).
+
+    No per-component manifest: the folder is one adapter over several components, and a loader that
+    expects one adapter per component must not take it for one (it fails loudly instead).
+    """
+    import os
+
+    from .api import save_peft_adapter
+
+    peft_model = pipeline_peft_model(pipe)
+    if peft_model is None or adapter_name not in peft_model.peft_config:
+        raise ValueError(f"This pipeline has no concept adapter named {adapter_name!r}.")
+    directory = os.fspath(directory)
+    save_peft_adapter(peft_model, directory, adapter_name)
+    return directory
+
+
+def load_pipeline_adapter(pipe: Any, folder: Any, adapter_name: str = "default", *, is_trainable: bool = False,
+                          allow_pickle: bool = False) -> Any:
+    """Load a saved concept adapter onto a pipeline (local folder); placeholders work right after."""
+    import contextlib
+    import os
+
+    from peft import PeftModel
+
+    from .adapter_files import allow_pickle_adapters, check_local_adapter_folder
+    from .api import read_manifest
+    from .families import family_of
+    from .tuners.concept_identifier.components import pipeline_modules
+
+    folder = os.fspath(folder)
+    read_manifest(folder, family_of(pipe))
+    check_local_adapter_folder(folder, allow_pickle=allow_pickle)
+    peft_model = pipeline_peft_model(pipe)
+    with allow_pickle_adapters() if allow_pickle else contextlib.nullcontext():
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(
+                pipeline_modules(pipe), folder, adapter_name=adapter_name, is_trainable=is_trainable
+            )
+            object.__setattr__(pipe, _PIPE_PEFT, peft_model)
+        else:
+            peft_model.load_adapter(folder, adapter_name, is_trainable=is_trainable)
+            peft_model.set_adapter(adapter_name)
+    return pipe

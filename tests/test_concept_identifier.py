@@ -215,3 +215,40 @@ def test_placeholders_of_an_inactive_or_disabled_adapter_raise():
     assert type(plain.text_encoder.shared).__name__ == "Embedding"
     # The tokenizer is back to plain text: no identifier ids reach the base model.
     assert max(processor(text="<koto> jig")["input_ids"]) < 138
+
+
+# -- AudioLDM2: tokens in both text encoders (T5 and CLAP), placeholders through the pipeline's tokenizers --
+
+
+def test_audioldm2_tokens_in_both_text_encoders(tmp_path):
+    from musicpeft.tiny.audioldm2 import tiny_audioldm2_pipeline
+
+    pipe = tiny_audioldm2_pipeline()
+    t5_vocab, clap_vocab = len(pipe.tokenizer_2), len(pipe.tokenizer)
+    peft_model = concepts.add_pipeline_adapter(pipe, ConceptIdentifierConfig(concepts=["koto", "shamisen"]))
+    trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "base_model.model.text_encoder.text_model.embeddings.word_embeddings.concept_embeddings.default": 6 * 16,
+        "base_model.model.text_encoder_2.shared.concept_embeddings.default": 6 * 32,
+    }
+    assert pipe.text_encoder_2.get_input_embeddings().weight.shape[0] == t5_vocab
+    assert pipe.tokenizer_2("<koto>").input_ids == [t5_vocab, t5_vocab + 1, t5_vocab + 2, 1]
+    assert pipe.tokenizer("<shamisen>").input_ids == [0, clap_vocab + 3, clap_vocab + 4, clap_vocab + 5, 2]
+    with pytest.raises(UnknownConceptError, match="<guitar>"):
+        pipe(prompt="a <guitar> solo", num_inference_steps=1, audio_length_in_s=0.64)
+
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.mul_(3.0)
+
+    def run(pipeline):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline(prompt="<koto> and <shamisen> duet", num_inference_steps=2, audio_length_in_s=0.64,
+                        generator=generator).audios
+
+    reference = run(pipe)
+    concepts.save_pipeline_adapter(pipe, tmp_path)
+    loaded = tiny_audioldm2_pipeline()
+    concepts.load_pipeline_adapter(loaded, tmp_path)
+    assert torch.equal(torch.as_tensor(run(loaded)), torch.as_tensor(reference))

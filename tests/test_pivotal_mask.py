@@ -6,6 +6,7 @@ import copy
 import warnings
 from functools import cache
 
+import numpy as np
 import pytest
 import torch
 from fixtures import tiny_musicgen, tiny_musicgen_processor
@@ -226,3 +227,71 @@ def test_random_and_cross_attention_only_variants():
     peft_model.add_adapter("custom_diffusion", custom)
     counts = peft_model.base_model.trainable_counts("custom_diffusion")
     assert counts == {"mask": 0, "self_attention_values": 0, "cross_attention": 4096, "tokens": 96}
+
+
+# -- AudioLDM2: the same tuner on the U-Net (attn1/attn2) and both text encoders, from the family data --
+
+
+@cache
+def _pipe():
+    from musicpeft.tiny.audioldm2 import tiny_audioldm2_pipeline
+
+    return tiny_audioldm2_pipeline()
+
+
+def audioldm2():
+    return copy.deepcopy(_pipe())
+
+
+def generate(pipe, prompt="<koto> and <shamisen> duet"):
+    out = pipe(prompt=prompt, num_inference_steps=2, audio_length_in_s=0.64, generator=torch.Generator().manual_seed(0))
+    return out.audios
+
+
+def test_audioldm2_pivotal_tuning_save_load_and_merge(tmp_path):
+    from musicpeft.families.audioldm2 import attention_streams
+
+    pipe = audioldm2()
+    unet_base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    peft_model = concepts.add_pipeline_adapter(pipe, PivotalMaskConfig(concepts=["koto"], stage="mask"), "mask_koto")
+    masks = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    streams = attention_streams(pipe.unet)
+    assert sorted(masks) == sorted(f"base_model.model.unet.{n}.to_v.pivotal_mask.mask_koto" for n in streams["self"])
+    with torch.no_grad():  # stand-in for stage-1 training: any change of the masks
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    entries = sum(pipe.unet.get_submodule(n).to_v.weight.numel() for n in streams["self"])
+    assert entries == 9216
+    assert sum(v.numel() for v in peft_model.base_model.select("mask_koto", 5).values()) == round(0.05 * entries)
+
+    config = PivotalMaskConfig(concepts=["koto", "shamisen"], stage="tune", mask_adapters=["mask_koto"])
+    peft_model = concepts.add_pipeline_adapter(pipe, config)
+    peft_model.delete_adapter("mask_koto")
+    counts = peft_model.base_model.trainable_counts("default")
+    cross = sum(pipe.unet.get_submodule(n).to_k.weight.numel() * 2 for n in streams["generated"] + streams["t5"])
+    assert counts == {"mask": 0, "self_attention_values": 461, "cross_attention": cross, "tokens": 2 * 3 * (32 + 16)}
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    reference = generate(pipe)
+    assert not np.array_equal(reference, generate(_pipe()))
+
+    concepts.save_pipeline_adapter(pipe, tmp_path)
+    loaded = audioldm2()
+    concepts.load_pipeline_adapter(loaded, tmp_path)
+    assert np.array_equal(generate(loaded), reference)
+    concepts.pipeline_peft_model(loaded).merge_and_unload()
+    assert type(loaded.unet.get_submodule(streams["self"][0]).to_v).__name__ == "Linear"
+    assert np.array_equal(generate(loaded), reference)
+    selection = peft_model.base_model.selection_of("default")
+    for key, value in loaded.unet.state_dict().items():
+        module = key.rsplit(".", 2)[0]
+        if f"unet.{key.rsplit('.', 1)[0]}" in selection:
+            changed = (value != unet_base[key]).reshape(-1).nonzero().reshape(-1)
+            assert set(changed.tolist()) <= set(selection[f"unet.{key.rsplit('.', 1)[0]}"].tolist())
+        elif module in streams["generated"] + streams["t5"] and key.endswith(("to_k.weight", "to_v.weight")):
+            assert not torch.equal(value, unet_base[key])
+        else:
+            assert torch.equal(value, unet_base[key]), key

@@ -112,7 +112,19 @@ def _has_input_embeddings(root: nn.Module, slot: TextEncoderSlot) -> bool:
 
 def layout_of(root: nn.Module) -> Layout:
     """The layout of a MusicGen model or of a `PipelineModules`."""
-    family = getattr(root, "musicpeft_family", None) or family_of(root)
+    family = getattr(root, "musicpeft_family", None)
+    if family is None:
+        from ...families import FAMILIES
+
+        names = {cls.__name__ for cls in type(root).__mro__}
+        for candidate in FAMILIES:
+            if names & set(candidate.extra.get("adapted_component_classes", ())):
+                raise TypeError(
+                    f"On {candidate.name} pipelines a concept adapter adapts the {type(root).__name__} and the text "
+                    "encoders together: attach, save and load it on the pipeline (musicpeft.concepts."
+                    "add_pipeline_adapter / save_pipeline_adapter / load_pipeline_adapter), not on one component."
+                )
+        family = family_of(root)
     component = family.extra.get("adapted_component")
     prefix = re.escape(component) + r"\." if isinstance(root, PipelineModules) and component else ""
     return Layout(family=family, root=root, attention_prefix=prefix)

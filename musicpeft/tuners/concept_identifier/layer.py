@@ -28,6 +28,7 @@ class TokenTable:
         self.base_vocab = base_vocab
         self.config = config  # the encoder's config, whose vocab_size follows a merge
         self.ids: dict[str, int] = {}
+        self.placeholders: dict[str, list[str]] = {}  # `<koto>` -> its tokens, over all adapters
         self.layers: list[ConceptEmbeddingLayer] = []
         self.tokenizer: Any = None
 

@@ -178,11 +178,17 @@ class ConceptIdentifierModel(BaseTuner):
         self._mark_only_adapters_as_trainable(model)
         tables = self._tables()
         for slot_name in config.text_encoders or []:
-            tables[slot_name].placeholders = {
-                **getattr(tables[slot_name], "placeholders", {}),
-                **config.placeholders(),
-            }
+            tables[slot_name].placeholders.update(config.placeholders())
         self.sync_tokenizers()
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """peft's upcast of half-precision adapters replaces Parameters: give tied wrappers one table again."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        for table in self._tables().values():
+            primary = table.layers[0].concept_embeddings.get(adapter_name) if table.layers else None
+            for layer in table.layers[1:]:
+                if primary is not None and adapter_name in layer.concept_embeddings:
+                    layer.concept_embeddings[adapter_name] = primary
 
     # -- tokenizers --
     def sync_tokenizers(self) -> None:
@@ -190,7 +196,7 @@ class ConceptIdentifierModel(BaseTuner):
         tokenizers = concepts.bound_tokenizers(self.model)
         for slot_name, table in self._tables().items():
             tokenizer = tokenizers.get(slot_name)
-            placeholders = getattr(table, "placeholders", {})
+            placeholders = table.placeholders
             if tokenizer is None or not placeholders:
                 continue
             concepts.check_identifier_tokens(tokenizer, placeholders)
@@ -271,7 +277,7 @@ class ConceptIdentifierModel(BaseTuner):
     def unload(self) -> nn.Module:
         """The base model without any adapter; bound tokenizers stop expanding this tuner's placeholders."""
         tokenizers = concepts.bound_tokenizers(self.model)
-        placeholders = [p for t in self._tables().values() for p in getattr(t, "placeholders", {})]
+        placeholders = [p for t in self._tables().values() for p in t.placeholders]
         model = super().unload()
         for tokenizer in tokenizers.values():
             concepts.remove_placeholders(tokenizer, placeholders)
