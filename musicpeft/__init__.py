@@ -8,6 +8,7 @@ from . import adapter_files
 from .adapter_files import AdapterFileError, allow_pickle_adapters
 from .api import add_adapter, load_adapter, save_adapter
 from .families import FAMILIES, UnsupportedModelError, family_of
+from .metrics import register_clap_kld
 from .tuners import SoftMusicPromptConfig, SoftMusicPromptModel
 
 
@@ -23,6 +24,7 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 adapter_files.install()
+register_clap_kld()  # a bare evaluate.load("clap_kld") works offline after `import musicpeft`
 
 __all__ = [
     "AdapterFileError",

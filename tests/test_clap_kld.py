@@ -242,8 +242,7 @@ _LOAD_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    import musicpeft.metrics
-    musicpeft.metrics.register_clap_kld()
+    import musicpeft  # registers clap_kld with evaluate
     assert "evaluate" not in sys.modules, "registering must not import evaluate"
     import evaluate  # the import hook wraps evaluate's module factory now
     from musicpeft.tiny.clap import tiny_clap, tiny_clap_processor

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .tokenizers import WORDS, make_t5_tokenizer
+from .tokenizers import make_t5_tokenizer
 
 # Widths chosen all different so that a mis-wired tensor fails loudly instead of broadcasting.
 CLAP_DIM = 16
@@ -38,62 +38,11 @@ T5_MAX_LENGTH = 64
 LANGUAGE_MODEL_CLASSES = ("GPT2LMHeadModel", "GPT2Model")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (what byte-level BPE vocabularies are made of)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
-
-
-def _bpe(piece: str, merges: list[tuple[str, str]]) -> list[str]:
-    """Split `piece` the way byte-level BPE does: repeatedly apply the best-ranked adjacent merge."""
-    ranks = {pair: i for i, pair in enumerate(merges)}
-    tokens = list(piece)
-    while len(tokens) > 1:
-        pairs = [(ranks.get((tokens[i], tokens[i + 1]), len(ranks)), i) for i in range(len(tokens) - 1)]
-        rank, i = min(pairs)
-        if rank == len(ranks):
-            break
-        tokens[i : i + 2] = [tokens[i] + tokens[i + 1]]
-    return tokens
-
-
 def make_roberta_tokenizer(model_max_length: int = CLAP_MAX_LENGTH):
-    """A byte-level BPE (Roberta) tokenizer for CLAP's text branch, built from `WORDS` in memory.
+    """The in-memory Roberta tokenizer of the tiny CLAP (`musicpeft.tiny.clap`), at this pipeline's length."""
+    from .clap import make_roberta_tokenizer as make
 
-    Every byte is in the vocabulary, so any text tokenizes; each word of `WORDS` (with and without the
-    leading-space marker) is reachable by merges, so test prompts come out as one token per word.
-    Built from the vocabulary and merges directly: no files, no Hub look-up (which, offline, can return
-    a near-empty tokenizer without raising in transformers 5).
-    """
-    from transformers import RobertaTokenizer
-
-    vocab: dict[str, int] = {}
-    for token in ("<s>", "<pad>", "</s>", "<unk>", "<mask>"):
-        vocab[token] = len(vocab)
-    for char in _bytes_to_unicode().values():
-        vocab.setdefault(char, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        for piece in (word, "\u0120" + word):
-            # Merge left to right until the piece is one token. New merges rank last, so they cannot
-            # change how the words already covered are split (those are single tokens by then).
-            tokens = _bpe(piece, merges)
-            while len(tokens) > 1:
-                merges.append((tokens[0], tokens[1]))
-                vocab.setdefault(tokens[0] + tokens[1], len(vocab))
-                tokens = _bpe(piece, merges)
-    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
-    if len(tokenizer) != len(vocab):
-        raise RuntimeError(f"In-memory Roberta tokenizer has {len(tokenizer)} tokens, expected {len(vocab)}.")
-    return tokenizer
+    return make(model_max_length=model_max_length)
 
 
 def _clap(vocab_size: int):
