@@ -190,3 +190,16 @@ def test_unsupported_pipeline_is_named():
 
     with pytest.raises(UnsupportedModelError, match="audioldm2 .AudioLDM2Pipeline"):
         musicpeft.add_adapter(DDIMScheduler(), SoftMusicPromptConfig(num_virtual_tokens=2))
+
+
+def test_loading_an_adapter_makes_a_gpt2model_pipeline_generate(tmp_path):
+    pipe = tiny_audioldm2_pipeline()
+    musicpeft.add_adapter(pipe, SoftMusicPromptConfig(num_virtual_tokens=2))
+    musicpeft.save_adapter(pipe, tmp_path)
+    published = tiny_audioldm2_pipeline(language_model_class="GPT2Model")
+    with pytest.raises(AttributeError, match="_update_model_kwargs_for_generation"):
+        generate(published)
+    musicpeft.load_adapter(published, tmp_path)
+    assert type(published.language_model).__name__ == "GPT2LMHeadModel"
+    audio = generate(published)
+    assert audio.shape == (1, 20480) and np.isfinite(audio).all() and np.abs(audio).max() > 0

@@ -117,6 +117,12 @@ def check_unet_layout(unet: nn.Module) -> None:
             )
 
 
+def _ensure_compat(pipe):
+    from ..pipelines import ensure_audioldm2_compat  # lazy: pipelines imports diffusers
+
+    return ensure_audioldm2_compat(pipe)
+
+
 AUDIOLDM2 = ModelFamily(
     name="audioldm2",
     class_names=("AudioLDM2Pipeline",),
@@ -164,6 +170,8 @@ AUDIOLDM2 = ModelFamily(
         },
         "mask_kwarg": "encoder_attention_mask_1",
         "t5_mask_flow": T5_MASK_FLOW,
+        # Run on a pipeline before an adapter is attached or loaded (transformers-5 GPT2Model fix).
+        "prepare": lambda pipe: _ensure_compat(pipe),
     },
 )
 

@@ -53,7 +53,14 @@ def component_for(config: Any, family: ModelFamily) -> str:
     return component
 
 
+def _prepare(pipe: Any, family: ModelFamily) -> None:
+    prepare = family.extra.get("prepare")
+    if prepare is not None:
+        prepare(pipe)
+
+
 def add_adapter(pipe: Any, config: Any, adapter_name: str, family: ModelFamily) -> PeftModel:
+    _prepare(pipe, family)
     component = component_for(config, family)
     peft_models = _components(pipe)
     peft_model = peft_models.get(component)
@@ -95,6 +102,7 @@ def load_adapter(
         if not hasattr(pipe, component):
             raise AdapterFileError(f"{folder}: adapts component {component!r}, which this pipeline does not have.")
         check_local_adapter_folder(os.path.join(folder, subfolder), allow_pickle=allow_pickle)
+    _prepare(pipe, family)
     peft_models = _components(pipe)
     with allow_pickle_adapters() if allow_pickle else contextlib.nullcontext():
         for component, subfolder in components.items():
