@@ -138,3 +138,12 @@ def test_dreamstyler_recipe_on_audioldm2():
     assert audio.shape[0] == 1
     similarity = concept_similarity(pipe, "koto", "shamisen", "a slow folk song", text_encoder="clap")
     assert set(similarity) == {"tokens", "tokens+description"}
+
+
+def test_arguments_parse_from_the_command_line():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(DreamStylerArguments)
+    assert "--tuning_steps" in parser.format_help()
+    (args,) = parser.parse_args_into_dataclasses(["--recipe", "cross_attn_kv", "--percent", "10", "--per_layer"])
+    assert (args.recipe, args.percent, args.per_layer) == ("cross_attn_kv", 10.0, True)

@@ -295,3 +295,15 @@ def test_audioldm2_pivotal_tuning_save_load_and_merge(tmp_path):
             assert not torch.equal(value, unet_base[key])
         else:
             assert torch.equal(value, unet_base[key]), key
+
+
+def test_selection_files_and_union(tmp_path):
+    from musicpeft.tuners.pivotal_mask import load_selection, save_selection
+
+    a = {SELF_V[0]: torch.tensor([1, 5, 9]), SELF_V[1]: torch.tensor([0])}
+    b = {SELF_V[0]: torch.tensor([5, 7])}
+    merged = union(a, b)
+    assert merged[SELF_V[0]].tolist() == [1, 5, 7, 9] and merged[SELF_V[1]].tolist() == [0]
+    save_selection(merged, tmp_path / "selection.safetensors")
+    loaded = load_selection(tmp_path / "selection.safetensors")
+    assert {k: v.tolist() for k, v in loaded.items()} == {k: v.tolist() for k, v in merged.items()}

@@ -57,8 +57,10 @@ class DreamStylerArguments:
 
     recipe: str = field(default="dreamstyler", metadata={"help": f"One of {sorted(RECIPES)}."})
     tokens_per_concept: int = field(default=3, metadata={"help": "Identifier tokens per concept (paper: 3)."})
-    percent: float = field(default=5.0, metadata={"help": "P: share (%) of self-attention W_V entries trained."})
-    per_layer: bool = field(default=False, metadata={"help": "Top P% per layer instead of over all layers."})
+    percent: float = field(
+        default=5.0, metadata={"help": "P: percentage of self-attention W_V entries trained (paper: 5)."}
+    )
+    per_layer: bool = field(default=False, metadata={"help": "Top P percent per layer instead of over all layers."})
     selection: str = field(default="pivotal", metadata={"help": "'pivotal' (mask) or 'random' (ablation)."})
     mask_epochs: int = field(default=100, metadata={"help": "Stage-1 epochs per concept (paper: 100)."})
     tuning_steps: int = field(default=1500, metadata={"help": "Stage-2 optimizer steps (paper: 1,500)."})

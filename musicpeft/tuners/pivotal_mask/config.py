@@ -42,14 +42,16 @@ class PivotalMaskConfig(ConceptIdentifierConfig):
 
     stage: Literal["mask", "tune"] = field(default="mask", metadata={"help": "'mask' (stage 1) or 'tune' (stage 2)."})
     percent: float = field(
-        default=5.0, metadata={"help": "Share P (in %) of self-attention value entries trained in stage 2."}
+        default=5.0, metadata={"help": "P: percentage of self-attention value entries trained in stage 2."}
     )
     per_layer: bool = field(
-        default=False, metadata={"help": "Select the top P% per layer instead of over all layers together."}
+        default=False, metadata={"help": "Select the top P percent per layer instead of over all layers together."}
     )
     selection: Literal["pivotal", "random", "none"] = field(
         default="pivotal",
-        metadata={"help": "'pivotal' (top P% mask change), 'random' (ablation) or 'none' (cross-attention only)."},
+        metadata={
+            "help": "'pivotal' (top P percent of mask change), 'random' (ablation) or 'none' (cross-attention only)."
+        },
     )
     mask_adapters: list[str] | None = field(
         default=None, metadata={"help": "Trained stage-1 adapters of this model whose selections are united."}
