@@ -23,7 +23,6 @@ AudioLDM2 pipelines carry their tokenizers, so nothing needs binding there.
 from __future__ import annotations
 
 import re
-import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,15 +77,31 @@ def _is_vocabulary_token(tokenizer: Any, token: str) -> bool:
 
 
 # -- tokenizers -------------------------------------------------------------------------------------------
-def _encode_plus(self: Any, text: Any = None, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
-    definitions = getattr(self, _DEFINITIONS, {})
-    text = expand_placeholders(text, definitions, self)
-    text_pair = expand_placeholders(text_pair, definitions, self)
-    return type(self)._encode_plus(self, text, text_pair, *args, **kwargs)
+class _EncodePlus:
+    """`tokenizer._encode_plus` (behind `__call__` and `encode`) expanding placeholders first.
+
+    A small callable object rather than a bound function, so that the tokenizer still pickles (DataLoader
+    workers, `datasets.map`) and deep-copies with the hook bound to the copy.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: Any = None, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
+        tokenizer = self.tokenizer
+        definitions = getattr(tokenizer, _DEFINITIONS, {})
+        text = expand_placeholders(text, definitions, tokenizer)
+        text_pair = expand_placeholders(text_pair, definitions, tokenizer)
+        return type(tokenizer)._encode_plus(tokenizer, text, text_pair, *args, **kwargs)
 
 
-def _tokenize(self: Any, text: str, *args: Any, **kwargs: Any) -> list[str]:
-    return type(self).tokenize(self, expand_placeholders(text, getattr(self, _DEFINITIONS, {}), self), *args, **kwargs)
+class _Tokenize(_EncodePlus):
+    """`tokenizer.tokenize` expanding placeholders first."""
+
+    def __call__(self, text: str, *args: Any, **kwargs: Any) -> list[str]:  # type: ignore[override]
+        tokenizer = self.tokenizer
+        text = expand_placeholders(text, getattr(tokenizer, _DEFINITIONS, {}), tokenizer)
+        return type(tokenizer).tokenize(tokenizer, text, *args, **kwargs)
 
 
 def placeholder_definitions(tokenizer: Any) -> dict[str, str]:
@@ -98,14 +113,14 @@ def install_placeholders(tokenizer: Any, definitions: Mapping[str, str]) -> None
     """Make `tokenizer` expand `definitions` (placeholder -> text) in everything it tokenizes.
 
     Idempotent; later definitions of the same placeholder replace earlier ones. Works on the instance
-    only (bound methods as instance attributes), so `copy.deepcopy` and pickling carry it along.
+    only (callable instance attributes), so `copy.deepcopy` and pickling carry it along.
     """
     if not hasattr(type(tokenizer), "_encode_plus"):
         raise TypeError(f"{type(tokenizer).__name__} is not a transformers tokenizer; cannot expand placeholders.")
     merged = {**getattr(tokenizer, _DEFINITIONS, {}), **definitions}
     object.__setattr__(tokenizer, _DEFINITIONS, merged)
-    tokenizer._encode_plus = types.MethodType(_encode_plus, tokenizer)
-    tokenizer.tokenize = types.MethodType(_tokenize, tokenizer)
+    tokenizer._encode_plus = _EncodePlus(tokenizer)
+    tokenizer.tokenize = _Tokenize(tokenizer)
 
 
 def remove_placeholders(tokenizer: Any, placeholders: list[str] | None = None) -> None:

@@ -252,3 +252,18 @@ def test_audioldm2_tokens_in_both_text_encoders(tmp_path):
     loaded = tiny_audioldm2_pipeline()
     concepts.load_pipeline_adapter(loaded, tmp_path)
     assert torch.equal(torch.as_tensor(run(loaded)), torch.as_tensor(reference))
+
+
+def test_hooked_tokenizer_pickles_and_copies(tmp_path):
+    import pickle
+
+    _, processor = attach()
+    expected = processor(text="<koto> jig")["input_ids"]
+    assert pickle.loads(pickle.dumps(processor))(text="<koto> jig")["input_ids"] == expected
+    copied = copy.deepcopy(processor)
+    assert copied(text="<koto> jig")["input_ids"] == expected
+    assert copied.tokenizer._encode_plus.tokenizer is copied.tokenizer
+    processor.save_pretrained(tmp_path)  # the added tokens are saved with the tokenizer
+    from transformers import MusicgenProcessor
+
+    assert MusicgenProcessor.from_pretrained(tmp_path)(text="<koto:0>")["input_ids"] == expected[:1] + [1]
