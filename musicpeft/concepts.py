@@ -256,7 +256,7 @@ def is_concept_adapter(config_or_folder: Any) -> bool:
             peft_type = json.load(handle).get("peft_type")
     else:
         peft_type = getattr(config_or_folder, "peft_type", None)
-    return str(peft_type) in ("CONCEPT_IDENTIFIER", "PIVOTAL_MASK")
+    return getattr(peft_type, "value", peft_type) in ("CONCEPT_IDENTIFIER", "PIVOTAL_MASK")
 
 
 def pipeline_peft_model(pipe: Any) -> Any:

@@ -267,3 +267,13 @@ def test_hooked_tokenizer_pickles_and_copies(tmp_path):
     from transformers import MusicgenProcessor
 
     assert MusicgenProcessor.from_pretrained(tmp_path)(text="<koto:0>")["input_ids"] == expected[:1] + [1]
+
+
+def test_concept_adapters_are_recognised(tmp_path):
+    from musicpeft.tuners.pivotal_mask import PivotalMaskConfig
+
+    assert concepts.is_concept_adapter(ConceptIdentifierConfig(concepts=["koto"]))
+    assert concepts.is_concept_adapter(PivotalMaskConfig(concepts=["koto"]))
+    assert not concepts.is_concept_adapter(musicpeft.SoftMusicPromptConfig())
+    ConceptIdentifierConfig(concepts=["koto"]).save_pretrained(tmp_path)
+    assert concepts.is_concept_adapter(tmp_path) and not concepts.is_concept_adapter(tmp_path / "missing")
