@@ -4,12 +4,20 @@ Importing this package registers its methods with peft, so that `get_peft_model`
 and `PeftModel.from_pretrained` work with them.
 """
 
-from . import adapter_files
+from . import adapter_files, concepts, diagnostics
 from .adapter_files import AdapterFileError, allow_pickle_adapters
 from .api import add_adapter, load_adapter, save_adapter
+from .concepts import UnknownConceptError, bind_processor
 from .families import FAMILIES, UnsupportedModelError, family_of
 from .metrics import register_clap_kld
-from .tuners import SoftMusicPromptConfig, SoftMusicPromptModel
+from .tuners import (
+    ConceptIdentifierConfig,
+    ConceptIdentifierModel,
+    PivotalMaskConfig,
+    PivotalMaskModel,
+    SoftMusicPromptConfig,
+    SoftMusicPromptModel,
+)
 
 
 def __getattr__(name: str):
@@ -27,6 +35,14 @@ adapter_files.install()
 register_clap_kld()  # a bare evaluate.load("clap_kld") works offline after `import musicpeft`
 
 __all__ = [
+    "ConceptIdentifierConfig",
+    "ConceptIdentifierModel",
+    "PivotalMaskConfig",
+    "PivotalMaskModel",
+    "UnknownConceptError",
+    "bind_processor",
+    "concepts",
+    "diagnostics",
     "AdapterFileError",
     "allow_pickle_adapters",
     "FAMILIES",

@@ -16,6 +16,7 @@ from typing import Any
 
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 
+from . import concepts
 from .adapter_files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
 from .families import ModelFamily, family_of, pipeline_adapters
 
@@ -72,6 +73,8 @@ def _remember(model: Any, peft_model: PeftModel) -> None:
 def add_adapter(model_or_pipe: Any, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
     """Attach a new, trainable adapter; the model is adapted in place and its PeftModel is returned."""
     family = family_of(model_or_pipe)
+    if _is_pipeline(family) and concepts.is_concept_adapter(config):
+        return concepts.add_pipeline_adapter(model_or_pipe, config, adapter_name)
     if _is_pipeline(family):
         return pipeline_adapters.add_adapter(model_or_pipe, config, adapter_name, family)
     peft_model = _peft_model(model_or_pipe)
@@ -130,6 +133,9 @@ def save_adapter(model_or_pipe: Any, directory: str | os.PathLike, adapter_name:
     """Write `adapter_config.json` + `adapter_model.safetensors` (per adapted component for pipelines)."""
     directory = os.fspath(directory)
     family = family_of(model_or_pipe)
+    concept_model = concepts.pipeline_peft_model(model_or_pipe) if _is_pipeline(family) else None
+    if concept_model is not None and adapter_name in concept_model.peft_config:
+        return concepts.save_pipeline_adapter(model_or_pipe, directory, adapter_name)
     if _is_pipeline(family):
         pipeline_adapters.save_adapter(model_or_pipe, directory, adapter_name, family)
         return directory
@@ -190,6 +196,10 @@ def load_adapter(
     hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
     folder = resolve_source(source, allow_pickle=allow_pickle, **hub_kwargs)
     family = family_of(model_or_pipe)
+    if _is_pipeline(family) and not kwargs and concepts.is_concept_adapter(folder):
+        return concepts.load_pipeline_adapter(
+            model_or_pipe, folder, adapter_name, is_trainable=is_trainable, allow_pickle=allow_pickle
+        )
     if _is_pipeline(family):
         if kwargs:
             raise TypeError(f"load_adapter got unexpected arguments for a {family.name} pipeline: {', '.join(kwargs)}.")
@@ -197,6 +207,9 @@ def load_adapter(
             model_or_pipe, folder, adapter_name, family, is_trainable=is_trainable, allow_pickle=allow_pickle
         )
     read_manifest(folder, family)
+    processor = kwargs.pop("processor", None)
+    if processor is not None:
+        concepts.bind_processor(model_or_pipe, processor)
     if kwargs:
         raise TypeError(f"load_adapter got unexpected arguments for a {family.name} model: {', '.join(kwargs)}.")
     check_local_adapter_folder(folder, allow_pickle=allow_pickle)

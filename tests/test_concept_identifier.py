@@ -174,10 +174,7 @@ def test_public_load_adapter_takes_the_processor(tmp_path):
     peft_model, processor = attach()
     musicpeft.save_adapter(peft_model, tmp_path)
     fresh = tiny_musicgen_processor()
-    try:
-        loaded = musicpeft.load_adapter(musicgen(), tmp_path, processor=fresh)
-    except TypeError as err:
-        pytest.skip(f"musicpeft.load_adapter does not forward processor= yet ({err})")
+    loaded = musicpeft.load_adapter(musicgen(), tmp_path, processor=fresh)
     inputs = fresh(text=PROMPTS, return_tensors="pt", padding=True)
     assert torch.equal(logits(loaded, inputs), logits(peft_model, processor(text=PROMPTS, return_tensors="pt",
                                                                             padding=True)))
