@@ -1,4 +1,7 @@
-"""`musicpeft` command line: `musicpeft demo`, ... Arguments are dataclasses shared with the Python API."""
+"""`musicpeft` command line: `musicpeft demo`, `musicpeft evaluate`.
+
+Arguments are dataclasses shared with the Python API.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,20 @@ from collections.abc import Sequence
 
 
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per field. A field without a default is a required flag; a field's metadata may
+    give the argparse ``type`` (needed when the default is None) and ``nargs`` (lists)."""
     for f in dataclasses.fields(cls):
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=type(f.default),
-            default=f.default,
-            help=f"{f.metadata.get('help', '')} (default: {f.default})",
-        )
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"dest": f.name, "help": f.metadata.get("help", "")}
+        if "nargs" in f.metadata:
+            kwargs["nargs"] = f.metadata["nargs"]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs.update(required=True, type=f.metadata.get("type", str))
+            kwargs["help"] += " (required)"
+        else:
+            kwargs.update(type=f.metadata.get("type", type(f.default)), default=f.default)
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument(flag, **kwargs)
 
 
 def _demo(namespace: argparse.Namespace) -> int:
@@ -33,14 +42,31 @@ def _demo(namespace: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(namespace: argparse.Namespace) -> int:
+    from .evaluation import EvaluateArguments, run_evaluation
+
+    args = EvaluateArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(EvaluateArguments)})
+    report = run_evaluation(args)
+    print(f"\nReport: {report['files']['markdown']} and {report['results_json']}; plots and wavs in "
+          f"{args.output_dir}. Took {report['seconds']} s.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoArguments
+    from .evaluation import EvaluateArguments
 
     parser = argparse.ArgumentParser(prog="musicpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="Offline end-to-end demo on the embedded tiny MusicGen.")
     _add_dataclass_arguments(demo, DemoArguments)
     demo.set_defaults(run=_demo)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Base model vs adapters on a prompt set: clap_kld, token cross-entropy, report with plots.",
+    )
+    _add_dataclass_arguments(evaluate, EvaluateArguments)
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

@@ -1,0 +1,367 @@
+"""`musicpeft evaluate`: score a base model and its adapters on the same prompts, seeds and reference.
+
+Why one command: an adapter's effect is only visible next to the base model it adapts, generated
+from the same prompts with the same seeds and scored against the same reference set. Here the base
+is loaded once; every adapter is loaded onto a fresh copy of it (so no adapter can leak into the
+base's clips or another adapter's); prompt ``i`` is generated with seed ``seed + i`` by every model;
+``clap_kld`` scores every model against one :class:`~musicpeft.metrics.ReferenceSet`; and, for
+MusicGen, token cross-entropy on held-out clips says whether the adapter models real music better.
+The report (:func:`~musicpeft.metrics.report.write_report` plus a setup and a cross-entropy section)
+and the generated wavs land in ``output_dir``.
+
+How clips are generated reproducibly for each family: :mod:`musicpeft.generation`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .generation import (
+    DTYPES,
+    TINY_AUDIOLDM2,
+    TINY_MUSICGEN,
+    LoadedBase,
+    base_family,
+    default_guidance,
+    generate_clips,
+    load_base,
+    save_clips,
+    with_adapter,
+)
+from .prompt_sets import PromptSet, load_prompt_set
+
+TINY_CLAP = "tiny"
+BASELINE = "base"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class EvaluateArguments:
+    """Arguments of ``musicpeft evaluate`` (also its Python API, :func:`run_evaluation`)."""
+
+    base: str = field(
+        metadata={
+            "help": "Base model: local folder or Hub id of a MusicGen model or an AudioLDM2 pipeline, or "
+            f"'{TINY_MUSICGEN}' / '{TINY_AUDIOLDM2}' for the embedded tiny models (random weights)."
+        }
+    )
+    adapters: list[str] = field(
+        metadata={
+            "help": "Adapter folders or Hub ids, each optionally 'name=path' (default name: the folder's "
+            "last part).",
+            "nargs": "+",
+        }
+    )
+    prompts: str = field(
+        metadata={
+            "help": 'Prompts file: JSON {"category": ["prompt", ...]} or JSON lines '
+            '{"category": ..., "prompt": ...}.'
+        }
+    )
+    reference: str = field(
+        metadata={
+            "help": "Reference audio for the KLD and alignment: a folder of audio files (metadata.jsonl "
+            "optional), or 'rendered:<program>:<n>' for n rendered music21 clips (GM program 0-127)."
+        }
+    )
+    heldout: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out clips for token cross-entropy / perplexity (MusicGen only): a folder with "
+            "metadata.jsonl, or 'rendered:<program>:<n>'.",
+            "type": str,
+        },
+    )
+    clap_model: str = field(
+        default="laion/larger_clap_music",
+        metadata={"help": f"CLAP model: local folder, Hub id, LAION checkpoint file, or '{TINY_CLAP}'."},
+    )
+    seconds: float = field(default=10.0, metadata={"help": "Length of each generated (and rendered) clip."})
+    seed: int = field(default=0, metadata={"help": "Prompt i is generated with seed + i by every model."})
+    guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Classifier-free guidance; None = the family's usual (MusicGen 3.0, AudioLDM2 3.5).",
+                  "type": float},
+    )
+    num_inference_steps: int = field(default=200, metadata={"help": "AudioLDM2 denoising steps."})
+    output_dir: str = field(default="evaluation", metadata={"help": "Folder for the report, plots and wavs."})
+    batch_size: int = field(default=8, metadata={"help": "Batch size of AudioLDM2 generation and of scoring."})
+    max_prompts_per_category: int | None = field(
+        default=None, metadata={"help": "Use only the first N prompts of each category.", "type": int}
+    )
+    silence_threshold: float = field(
+        default=1e-4, metadata={"help": "Clips whose peak is at or below this are excluded from scoring."}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "Torch device (default: cuda when available, else cpu).", "type": str}
+    )
+    dtype: str = field(default="float32", metadata={"help": f"Base model dtype: {', '.join(DTYPES)}."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adapters, str):
+            self.adapters = [self.adapters]
+        if not self.adapters:
+            raise ValueError("adapters: give at least one adapter folder or Hub id to compare with the base")
+        positive = {"seconds": self.seconds, "num_inference_steps": self.num_inference_steps,
+                    "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.max_prompts_per_category is not None and self.max_prompts_per_category < 1:
+            raise ValueError(
+                f"max_prompts_per_category must be >= 1 (or None for all), got {self.max_prompts_per_category}"
+            )
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.silence_threshold < 0:
+            raise ValueError(f"silence_threshold must be >= 0, got {self.silence_threshold}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """``{name: source}`` from ``path`` / ``name=path`` specs; names are unique folder-safe words, never 'base'."""
+    adapters: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        name, sep, source = spec.partition("=")
+        if not sep or os.path.exists(spec) or not _NAME.match(name):
+            name, source = os.path.basename(os.path.normpath(spec)), spec
+        where = f"adapters[{i}] {spec!r}"
+        if not source:
+            raise ValueError(f"{where}: no adapter folder or Hub id after '='")
+        if not _NAME.match(name):
+            raise ValueError(f"{where}: {name!r} is not a usable name (letters, digits, '.', '_', '-'); use name=path")
+        if name == BASELINE:
+            raise ValueError(f"{where}: the name {BASELINE!r} is the base model's; use name=path with another name")
+        if name in adapters:
+            raise ValueError(f"{where}: a second adapter named {name!r}; give each one a name with name=path")
+        adapters[name] = source
+    return adapters
+
+
+def parse_rendered(spec: str, what: str) -> tuple[int | None, int] | None:
+    """``rendered:<program>:<n>`` -> (program or None, n); None when ``spec`` is not a rendered spec."""
+    if not spec.startswith("rendered:"):
+        return None
+    parts = spec.split(":")
+    expected = f"{what}: {spec!r} should read 'rendered:<program>:<n>' (program 0-127 or empty, n >= 1)"
+    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
+        raise ValueError(expected)
+    program = parts[1].strip().lower()
+    if program in ("", "none"):
+        return None, int(parts[2])
+    if not program.isdigit() or not 0 <= int(program) <= 127:
+        raise ValueError(expected)
+    return int(program), int(parts[2])
+
+
+def _check_source(spec: str, what: str) -> None:
+    if parse_rendered(spec, what) is None and not os.path.isdir(spec):
+        raise FileNotFoundError(f"{what}: {spec!r} is neither a folder nor 'rendered:<program>:<n>'")
+
+
+def load_clips(spec: str, sampling_rate: int, seconds: float, seed: int, what: str, need_text: bool = False):
+    """Audio for ``reference`` / ``heldout`` at the model's rate: ``(clips, texts or None)``.
+
+    A folder with ``metadata.jsonl`` goes through :func:`~musicpeft.data.dataset.load_audio_folder`
+    (whole files as recorded, no normalisation; held-out files in chunks of at most 30 s); without
+    one, every audio file in it is read (only for the reference: cross-entropy needs prompts).
+    """
+    from .data.audio import load_audio
+    from .data.dataset import load_audio_folder, make_rendered_dataset
+
+    rendered = parse_rendered(spec, what)
+    if rendered is not None:
+        program, n = rendered
+        data = make_rendered_dataset(n, seconds, sampling_rate, program=program, seed=seed)
+    elif os.path.isfile(os.path.join(spec, "metadata.jsonl")):
+        data = load_audio_folder(spec, sample_rate=sampling_rate, chunk_seconds=30.0 if need_text else None,
+                                 remainder="keep", normalize="none")
+    elif need_text:
+        raise FileNotFoundError(
+            f"{what}: {spec} has no metadata.jsonl; token cross-entropy needs each clip's prompt "
+            "(one JSON object per file with 'path' and 'description')"
+        )
+    else:
+        files = sorted(name for name in os.listdir(spec) if name.lower().endswith(AUDIO_EXTENSIONS))
+        if not files:
+            raise FileNotFoundError(f"{what}: {spec} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        return [load_audio(os.path.join(spec, name), sample_rate=sampling_rate)[0] for name in files], None
+    clips = [np.asarray(row["audio"], dtype=np.float32) for row in data]
+    return clips, (data if need_text else None)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _clap_backend(args: EvaluateArguments, device: str):
+    from .metrics import load_clap_backend
+
+    if args.clap_model == TINY_CLAP:
+        from .tiny import tiny_clap, tiny_clap_processor
+
+        backend = load_clap_backend(tiny_clap(), tiny_clap_processor(), device=device, batch_size=args.batch_size,
+                                    seed=args.seed)
+        backend.name = "tiny CLAP (random weights)"
+        return backend
+    return load_clap_backend(args.clap_model, device=device, batch_size=args.batch_size, seed=args.seed)
+
+
+def _check_inputs(args: EvaluateArguments) -> tuple[PromptSet, dict[str, str]]:
+    """Everything that can be checked before loading a model: prompts, adapter names, audio sources."""
+    prompt_set = load_prompt_set(args.prompts).limit(args.max_prompts_per_category)
+    adapters = parse_adapters(list(args.adapters))
+    _check_source(args.reference, "reference")
+    if args.heldout is not None:
+        _check_source(args.heldout, "heldout")
+    if args.heldout is not None and base_family(args.base) != "musicgen":
+        raise ValueError(f"heldout: token cross-entropy needs a MusicGen base; {args.base} is an AudioLDM2 pipeline")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise NotADirectoryError(f"output_dir: {args.output_dir} exists and is not a folder")
+    return prompt_set, adapters
+
+
+def _resolve_adapters(sources: dict[str, str]) -> dict[str, str]:
+    """Local folders for every adapter (Hub ids are fetched now, before any generation)."""
+    from .adapter_files import AdapterFileError
+    from .api import resolve_source
+
+    folders = {}
+    for name, source in sources.items():
+        try:
+            folders[name] = resolve_source(source)
+        except AdapterFileError as err:
+            raise AdapterFileError(f"adapters: {name}={source}: {err}") from None
+    return folders
+
+
+@dataclass
+class _Scoring:
+    """What every model is scored against, built once."""
+
+    reference: Any
+    reference_clips: list[np.ndarray]
+    heldout: Any
+    clap: Any
+
+
+def _prepare_scoring(args: EvaluateArguments, base: LoadedBase, device: str) -> _Scoring:
+    from .metrics import ReferenceSet
+
+    rate = base.sampling_rate
+    clips, _ = load_clips(args.reference, rate, args.seconds, args.seed, "reference")
+    reference = ReferenceSet(clips, sampling_rate=rate, silence_threshold=args.silence_threshold)
+    heldout = None
+    if args.heldout is not None:
+        _, heldout = load_clips(args.heldout, rate, args.seconds, args.seed + 1, "heldout", need_text=True)
+    return _Scoring(reference, clips, heldout, _clap_backend(args, device))
+
+
+def _evaluate_model(name: str, model: Any, base: LoadedBase, prompt_set: PromptSet, seeds: list[int],
+                    guidance: float, scoring: _Scoring, args: EvaluateArguments, timings: dict) -> dict:
+    """Generate (and save) the clips of one model, score them, and its cross-entropy if asked."""
+    from .metrics import compute_clap_kld
+    from .training.musicgen_trainer import token_cross_entropy
+
+    prompts, categories = list(prompt_set.prompts), list(prompt_set.categories)
+    tick = time.time()
+    clips = generate_clips(base, model, prompts, seeds, seconds=args.seconds, guidance_scale=guidance,
+                           num_inference_steps=args.num_inference_steps, batch_size=args.batch_size)
+    timings[f"generate_{name}"] = time.time() - tick
+    wavs = save_clips(clips, os.path.join(args.output_dir, "audio", name), categories, base.sampling_rate)
+    cross_entropy = None
+    if scoring.heldout is not None:
+        tick = time.time()
+        cross_entropy = token_cross_entropy(model, base.processor, scoring.heldout, batch_size=args.batch_size)
+        timings[f"cross_entropy_{name}"] = time.time() - tick
+    tick = time.time()
+    result = compute_clap_kld(clips, prompts, scoring.reference, sampling_rate=base.sampling_rate,
+                              clap_model=scoring.clap, batch_size=args.batch_size, seed=args.seed,
+                              silence_threshold=args.silence_threshold)
+    timings[f"score_{name}"] = time.time() - tick
+    if result["excluded"]:
+        first = result["excluded"][0]
+        print(f"  warning: {len(result['excluded'])} of {len(prompts)} {name} clips are not scored, e.g. item "
+              f"{first['index']}: {first['reason']} (see --silence-threshold)")
+    print(f"  {name}: {len(clips)} clips generated in {timings[f'generate_{name}']:.1f} s, "
+          f"scored in {timings[f'score_{name}']:.1f} s")
+    return {"clips": clips, "wavs": wavs, "result": result, "cross_entropy": cross_entropy}
+
+
+def run_evaluation(args: EvaluateArguments) -> dict:
+    """Generate, score and report; returns ``{"files", "summary", "results_json", "seconds"}``."""
+    from .evaluation_report import summary_rows, write_evaluation_report
+
+    started = time.time()
+    prompt_set, adapter_sources = _check_inputs(args)
+    folders = _resolve_adapters(adapter_sources)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    timings: dict[str, float] = {}
+    tick = time.time()
+    base = load_base(args.base, device, args.dtype)
+    timings["load_base"] = time.time() - tick
+    seeds = [args.seed + i for i in range(len(prompt_set))]
+    guidance = default_guidance(base, args.guidance_scale)
+    print(f"musicpeft evaluate: {base.family} base {args.base!r}, adapters {list(folders)}, {len(prompt_set)} "
+          f"prompts in {len(prompt_set.category_names())} categories, {args.seconds} s clips")
+    tick = time.time()
+    scoring = _prepare_scoring(args, base, device)
+    timings["load_reference_heldout_clap"] = time.time() - tick
+
+    runs = {}
+    for name in [BASELINE, *folders]:
+        model = base.model if name == BASELINE else with_adapter(base, folders[name])
+        runs[name] = _evaluate_model(name, model, base, prompt_set, seeds, guidance, scoring, args, timings)
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    setup = {
+        "arguments": asdict(args),
+        "family": base.family,
+        "base": args.base,
+        "adapters": adapter_sources,
+        "prompts_file": prompt_set.source,
+        "seeds": seeds,
+        "guidance_scale": guidance,
+        "sampling_rate": base.sampling_rate,
+        "device": device,
+        "clap_model": scoring.clap.name,
+        "reference": {"source": args.reference, "clips": len(scoring.reference_clips)},
+        "heldout": None if scoring.heldout is None else {"source": args.heldout, "clips": len(scoring.heldout)},
+        "clips": {name: [os.path.relpath(p, args.output_dir) for p in run["wavs"]] for name, run in runs.items()},
+    }
+    results = {name: run["result"] for name, run in runs.items()}
+    cross_entropy = {name: run["cross_entropy"] for name, run in runs.items() if run["cross_entropy"] is not None}
+    files = write_evaluation_report(
+        results, args.output_dir, prompts=list(prompt_set.prompts), categories=list(prompt_set.categories),
+        audio={name: run["clips"] for name, run in runs.items()}, sampling_rate=base.sampling_rate,
+        reference_audio=scoring.reference_clips, cross_entropy=cross_entropy, setup=setup, timings=timings,
+    )
+    rows = summary_rows(results, cross_entropy)
+    print(format_summary(rows))
+    return {"files": {k: str(v) for k, v in files.items()}, "summary": rows, "results_json": str(files["json"]),
+            "seconds": round(time.time() - started, 1)}
+
+
+def format_summary(rows: dict[str, dict]) -> str:
+    """A plain-text table of the headline numbers per model."""
+    columns = ("clap_score", "kld", "fd_clap", "cross_entropy", "perplexity")
+    lines = [f"{'model':<20}" + "".join(f"{c:>15}" for c in columns) + f"{'scored':>10}"]
+    for name, row in rows.items():
+        cells = "".join(f"{'—' if row.get(c) is None else format(row[c], '.4f'):>15}" for c in columns)
+        lines.append(f"{name:<20}{cells}{row['scored']:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""`musicpeft evaluate` end to end on the tiny models: report, plots, wavs, cross-entropy; prompt file errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fixtures import tiny_audioldm2_pipeline, tiny_musicgen
+from PIL import Image
+
+import musicpeft
+from musicpeft.cli import main
+from musicpeft.data.render import render_clips
+from musicpeft.evaluation import EvaluateArguments, parse_adapters, parse_rendered
+from musicpeft.generation import generate_clips, load_base
+from musicpeft.prompt_sets import load_prompt_set
+
+SR = 16000
+PROMPTS = {"instruments": ["a folk melody on koto", "a slow piano waltz"],
+           "genres": ["a cheerful irish jig", "a calm baroque chorale"]}
+PLOTS = ("per_prompt_clap_score", "per_prompt_kld", "per_prompt_audio_alignment", "per_category",
+         "feature_distributions", "spectrograms")
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "prompts", "four_groups.json")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("evaluate")
+    (root / "prompts.json").write_text(json.dumps(PROMPTS))
+    model = tiny_musicgen(seed=0)
+    musicpeft.add_adapter(model, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=4))
+    musicpeft.save_adapter(model, root / "mg-prompt")
+    pipe = tiny_audioldm2_pipeline(seed=0)
+    musicpeft.add_adapter(pipe, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=4))
+    musicpeft.save_adapter(pipe, root / "aldm-prompt")
+    heldout = root / "heldout"
+    heldout.mkdir()
+    with open(heldout / "metadata.jsonl", "w") as handle:
+        for i, clip in enumerate(render_clips(2, 1.0, sample_rate=SR, program=107, seed=5)):
+            sf.write(heldout / f"clip{i}.wav", clip, SR)
+            handle.write(json.dumps({"path": f"clip{i}.wav", "description": "a folk melody on koto"}) + "\n")
+    return {"root": root, "prompts": str(root / "prompts.json"), "heldout": str(heldout)}
+
+
+def run_cli(inputs: dict, name: str, *extra: str) -> tuple[dict, str]:
+    out = inputs["root"] / name
+    common = ["--prompts", inputs["prompts"], "--reference", "rendered:107:3", "--clap-model", "tiny",
+              "--seconds", "1", "--output-dir", str(out)]
+    assert main(["evaluate", *common, *extra]) == 0
+    return json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
+
+
+def check_png_plots(out) -> None:
+    for plot in PLOTS:
+        path = out / f"{plot}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert min(image.size) > 100, (plot, image.size)
+
+
+def check_scores(payload: dict, names: list[str]) -> None:
+    assert payload["baseline"] == "base" and list(payload["results"]) == names
+    for name in names:
+        result = payload["results"][name]
+        assert result["num_scored"] == result["num_items"] == 4
+        for key in ("clap_score_per_item", "kld_per_item"):
+            assert len(result[key]) == 4 and all(math.isfinite(v) for v in result[key]), (name, key)
+        assert math.isfinite(result["kld"]) and result["kld"] > 0
+        assert all(math.isfinite(v) for v in result["kld_per_feature"].values())
+    assert payload["categories"] == ["instruments"] * 2 + ["genres"] * 2
+    assert set(payload["per_category"]["clap_score_per_item"]) == {"instruments", "genres"}
+
+
+def read_wavs(out, name: str) -> list[np.ndarray]:
+    folder = out / "audio" / name
+    clips = []
+    for file in sorted(os.listdir(folder)):
+        audio, rate = sf.read(folder / file, dtype="float32")
+        assert rate == SR and len(audio) == SR, (file, rate, len(audio))
+        clips.append(audio)
+    assert len(clips) == 4
+    return clips
+
+
+def test_evaluate_musicgen_soft_prompt(inputs, capsys):
+    payload, report = run_cli(
+        inputs, "musicgen", "--base", "tiny-musicgen", "--adapters", f"koto={inputs['root'] / 'mg-prompt'}",
+        "--heldout", inputs["heldout"], "--seed", "7",
+    )
+    out = inputs["root"] / "musicgen"
+    check_scores(payload, ["base", "koto"])
+    ce = payload["token_cross_entropy"]
+    assert set(ce) == {"base", "koto"}
+    for values in ce.values():
+        assert math.isfinite(values["cross_entropy"]) and values["tokens"] == 2 * 4 * 100
+        assert values["perplexity"] == pytest.approx(math.exp(values["cross_entropy"]))
+    # The soft prompt changes what the decoder sees, so both its likelihood and its clips differ from the base's.
+    assert ce["koto"]["cross_entropy"] != ce["base"]["cross_entropy"]
+    assert payload["setup"]["seeds"] == [7, 8, 9, 10] and payload["setup"]["family"] == "musicgen"
+
+    assert "| base |" in report and "| koto |" in report
+    assert "Token cross-entropy on held-out clips" in report
+    check_png_plots(out)
+    base_wavs, koto_wavs = read_wavs(out, "base"), read_wavs(out, "koto")
+    assert all(not np.array_equal(a, b) for a, b in zip(base_wavs, koto_wavs, strict=True))
+    # The base's clips are exactly what a fresh base generates with prompt i's seed: fixed seeds, no adapter leak.
+    base = load_base("tiny-musicgen", "cpu")
+    fresh = generate_clips(base, base.model, [PROMPTS["genres"][0]], [9], seconds=1.0, guidance_scale=3.0)
+    np.testing.assert_array_equal(fresh[0], base_wavs[2])
+    printed = capsys.readouterr().out
+    assert "koto" in printed and "cross_entropy" in printed and "report.md" in printed
+
+
+def test_evaluate_audioldm2_soft_prompt(inputs):
+    payload, report = run_cli(
+        inputs, "audioldm2", "--base", "tiny-audioldm2", "--adapters", str(inputs["root"] / "aldm-prompt"),
+        "--num-inference-steps", "2", "--batch-size", "3",
+        # The random tiny vocoder's output peaks near 1e-7, under the default silence threshold.
+        "--silence-threshold", "0",
+    )
+    check_scores(payload, ["base", "aldm-prompt"])
+    assert payload["token_cross_entropy"] is None and "Token cross-entropy" not in report
+    assert "| base |" in report and "| aldm-prompt |" in report
+    out = inputs["root"] / "audioldm2"
+    check_png_plots(out)
+    base_wavs, adapted = read_wavs(out, "base"), read_wavs(out, "aldm-prompt")
+    assert all(np.abs(a - b).max() > 1e-3 * np.abs(a).max() for a, b in zip(base_wavs, adapted, strict=True))
+
+
+def test_heldout_needs_musicgen_and_fails_before_loading(inputs):
+    with pytest.raises(ValueError, match="heldout: token cross-entropy needs a MusicGen base"):
+        main(["evaluate", "--base", "tiny-audioldm2", "--adapters", "a", "--prompts", inputs["prompts"],
+              "--reference", "rendered:107:2", "--heldout", inputs["heldout"]])
+
+
+BAD_FILES = [
+    ("bad.jsonl", '{"category": "a", "prompt": "x"}\n{"category": "a"}\n', r"bad\.jsonl:2: .*'prompt'"),
+    ("bad.jsonl", '{"category": "a", "prompt": "x"}\n\n{"category": 1, prompt}\n', r"bad\.jsonl:3: not valid JSON"),
+    ("bad.jsonl", '{"category": "a", "prompt": "x"}\n["a", "y"]\n', r"bad\.jsonl:2: expected a JSON object"),
+    ("bad.jsonl", '{"category": "", "prompt": "x"}\n', r"bad\.jsonl:1: 'category' must be a non-empty string"),
+    ("bad.json", '["a folk melody", "a jig"]', r"bad\.json:1: the file holds a JSON list"),
+    ("bad.json", '{\n  "a": ["x"],\n  "b": ["y",]\n}\n', r"bad\.json:3:\d+: not valid JSON"),
+    ("bad.json", '{"a": "a folk melody"}', r"bad\.json: category 'a': expected a non-empty list"),
+    ("bad.json", '{"a": ["x", 3]}', r"bad\.json: category 'a' item 1: a prompt must be a non-empty string"),
+    ("bad.json", '{"a": []}', r"bad\.json: category 'a': expected a non-empty list"),
+    ("bad.json", " \n", r"bad\.json: the file is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_FILES)
+def test_bad_prompt_files_name_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_prompt_set(path)
+
+
+def test_bad_prompt_file_fails_the_cli_before_any_model_loads(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"category": "a", "prompt": "x"}\n{"category": "a", "promt": "y"}\n')
+    with pytest.raises(ValueError, match=r"prompts\.jsonl:2: the object has no 'prompt' key"):
+        main(["evaluate", "--base", "no/such-model", "--adapters", "a", "--prompts", str(path),
+              "--reference", "rendered:107:2"])
+    with pytest.raises(FileNotFoundError, match="no such prompts file"):
+        load_prompt_set(tmp_path / "missing.json")
+
+
+def test_prompt_sets_read_both_shapes_and_limit(tmp_path):
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"category": "b", "prompt": "y", "id": 3}\n{"category": "a", "prompt": "x"}\n'
+                     '{"category": "b", "prompt": "z"}\n')
+    prompt_set = load_prompt_set(lines)
+    assert prompt_set.prompts == ("y", "x", "z") and prompt_set.category_names() == ["b", "a"]
+    assert prompt_set.limit(1).prompts == ("y", "x")
+    single = tmp_path / "one.jsonl"
+    single.write_text('{"category": "a", "prompt": "x"}')
+    assert load_prompt_set(single).prompts == ("x",)
+
+    example = load_prompt_set(EXAMPLE)
+    assert example.category_names() == ["instruments", "genres", "cultural_themes", "stories"]
+    assert len(example) == 20 and len(example.limit(2)) == 8
+
+
+def test_adapter_and_rendered_specs():
+    assert parse_adapters(["runs/koto-prompt/", "b=user/repo", "user/other"]) == {
+        "koto-prompt": "runs/koto-prompt/", "b": "user/repo", "other": "user/other"}
+    with pytest.raises(ValueError, match="a second adapter named 'x'"):
+        parse_adapters(["a/x", "b/x"])
+    with pytest.raises(ValueError, match="the name 'base' is the base model's"):
+        parse_adapters(["runs/base"])
+    with pytest.raises(ValueError, match="no adapter folder or Hub id after '='"):
+        parse_adapters(["name="])
+    assert parse_rendered("rendered:107:4", "reference") == (107, 4)
+    assert parse_rendered("rendered::4", "reference") == (None, 4)
+    assert parse_rendered("some/folder", "reference") is None
+    for bad in ("rendered:107", "rendered:200:4", "rendered:koto:4", "rendered:107:0"):
+        with pytest.raises(ValueError, match="reference: .* should read 'rendered:<program>:<n>'"):
+            parse_rendered(bad, "reference")
+    with pytest.raises(ValueError, match="seconds must be > 0, got 0"):
+        EvaluateArguments(base="b", adapters=["a"], prompts="p", reference="r", seconds=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EvaluateArguments(base="b", adapters="a", prompts="p", reference="r", dtype="fp8")
+
+
+def test_reference_folder_without_metadata_and_heldout_needing_it(inputs, tmp_path):
+    from musicpeft.evaluation import load_clips
+
+    for i, clip in enumerate(render_clips(2, 1.0, sample_rate=SR, program=107, seed=5)):
+        sf.write(tmp_path / f"{i}.wav", clip, 2 * SR)  # stored at 32 kHz, read back at the model's 16 kHz
+    clips, texts = load_clips(str(tmp_path), SR, 1.0, 0, "reference")
+    assert texts is None and [len(c) for c in clips] == [SR // 2, SR // 2]
+    with pytest.raises(FileNotFoundError, match="heldout: .* has no metadata.jsonl"):
+        load_clips(str(tmp_path), SR, 1.0, 0, "heldout", need_text=True)
+    _, heldout = load_clips(inputs["heldout"], SR, 1.0, 0, "heldout", need_text=True)
+    assert heldout["text"] == ["a folk melody on koto"] * 2
+
+
+def test_unreachable_adapter_fails_before_loading(inputs):
+    with pytest.raises(musicpeft.AdapterFileError, match="adapters: nothing=nobody/nothing: "):
+        main(["evaluate", "--base", "tiny-musicgen", "--adapters", "nobody/nothing", "--prompts", inputs["prompts"],
+              "--reference", "rendered:107:2"])
+    with pytest.raises(FileNotFoundError, match="reference: 'no/such/folder' is neither a folder nor"):
+        main(["evaluate", "--base", "tiny-musicgen", "--adapters", "a", "--prompts", inputs["prompts"],
+              "--reference", "no/such/folder"])
