@@ -176,6 +176,32 @@ def resolve_source(source: str | os.PathLike, allow_pickle: bool = False, **hub_
     return folder
 
 
+def _is_offloaded(model: Any) -> bool:
+    """A base dispatched with parts on "cpu"/"disk", which peft's from_pretrained would re-dispatch."""
+    return bool({"cpu", "disk"} & set((getattr(model, "hf_device_map", None) or {}).values()))
+
+
+def _load_keeping_offload(model: Any, folder: str, adapter_name: str, is_trainable: bool) -> PeftModel:
+    """Attach, then load the weights, keeping accelerate's offload hooks in place.
+
+    `PeftModel.from_pretrained` removes the hooks of a CPU/disk-offloaded base and re-dispatches the whole
+    model, which on a machine without an accelerator needs the device map again and loses adapter weights
+    that sit inside disk-offloaded modules (the same holds for stock LoRA).
+    """
+    from peft import set_peft_model_state_dict
+    from peft.utils import save_and_load
+
+    config = PeftConfig.from_pretrained(folder)
+    config.inference_mode = not is_trainable
+    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(peft_model, save_and_load.load_peft_weights(folder), adapter_name=adapter_name)
+    if result.unexpected_keys:
+        raise AdapterFileError(f"{folder}: weights that match no adapter module: {result.unexpected_keys[:5]}.")
+    if not is_trainable:
+        peft_model.requires_grad_(False)
+    return peft_model
+
+
 def load_adapter(
     model_or_pipe: Any,
     source: str | os.PathLike,
@@ -218,6 +244,9 @@ def load_adapter(
         if peft_model is not None:
             peft_model.load_adapter(folder, adapter_name, is_trainable=is_trainable)
             peft_model.set_adapter(adapter_name)
+        elif _is_offloaded(model_or_pipe):
+            peft_model = _load_keeping_offload(model_or_pipe, folder, adapter_name, is_trainable)
+            _remember(model_or_pipe, peft_model)
         else:
             peft_model = PeftModel.from_pretrained(
                 model_or_pipe, folder, adapter_name=adapter_name, is_trainable=is_trainable

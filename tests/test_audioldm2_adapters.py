@@ -61,7 +61,7 @@ def test_soft_prompt_train_save_load(tmp_path, clips, encoder):
     base_audio = generate(pipe)
     peft_model = musicpeft.add_adapter(pipe, SoftMusicPromptConfig(num_virtual_tokens=4, text_encoder=encoder))
     assert {n for n, p in peft_model.named_parameters() if p.requires_grad} == {
-        f"base_model.model.{'encoder' if encoder == 't5' else 'text_model'}.soft_prompt_embeddings.default"
+        f"base_model.model.{'encoder' if encoder == 't5' else 'text_model'}.soft_prompt.soft_prompt_embeddings.default"
     }
     before = weights(pipe)
     train_one_step(pipe, clips)
@@ -100,7 +100,7 @@ def test_soft_prompt_keeps_negative_branch_and_waveform_ranking():
     assert torch.allclose(generated[:2], long[2][:2], atol=1e-6)
     # Conditional half: the prompt's 3 positions come first and are attended to; the conditioning changed.
     assert mask[2:].all() and not torch.allclose(generated[2:], short[2][2:])
-    assert peft_model.base_model.model.encoder.soft_prompt_embeddings["default"].requires_grad
+    assert peft_model.base_model.model.encoder.soft_prompt.soft_prompt_embeddings["default"].requires_grad
     audio = generate(pipe, negative_prompt="loud", num_waveforms_per_prompt=2)
     assert audio.shape[0] == 2 and np.isfinite(audio).all()
 

@@ -1,12 +1,22 @@
-"""The soft-prompt layer: wraps a text encoder and adds learned vectors to its input or output."""
+"""The soft-prompt layer: learned vectors that a text encoder reads before (or after) the text.
+
+The layer does not wrap the encoder. It is attached to it as a child module (`<encoder>.soft_prompt`)
+and acts through forward hooks, so every base weight keeps its name and place: accelerate's offload
+maps, `device_map`s and peft's offload bookkeeping see the base model unchanged, and code that checks
+the encoder's class (pipelines do) still finds the encoder it expects.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+CHILD_NAME = "soft_prompt"
 
 
 def _sample_rows(embedding: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -48,21 +58,29 @@ def _execution_device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.
     return torch.device(device if device is not None else "cpu"), weight.dtype
 
 
-class SoftPromptLayer(nn.Module, BaseTunerLayer):
-    """Wraps a text encoder (`forward(input_ids, attention_mask, inputs_embeds, **kwargs)`).
+def _embedding_table(embeddings: nn.Module, device: torch.device) -> torch.Tensor | None:
+    """The embedding matrix, read through accelerate's hook when offloaded; None when it is unreachable."""
+    table = embeddings.weight
+    if table.device.type == "meta" and hasattr(embeddings, "_hf_hook"):
+        with torch.no_grad():
+            table = embeddings(torch.arange(embeddings.num_embeddings, device=device))
+    return None if table.device.type == "meta" else table
 
-    Active prompts at `encoder_input` are prepended to the token embeddings; prompts at `encoder_output`
-    are appended to `last_hidden_state`. The attention mask grows by the same number of positions; a row
-    that is fully masked (the null condition of classifier-free guidance) stays fully masked, so the
-    unconditional branch is exactly the base model's.
+
+class SoftPromptLayer(nn.Module, BaseTunerLayer):
+    """Holds the prompts of one text encoder (`forward(input_ids, attention_mask, inputs_embeds, ...)`).
+
+    Active prompts at `encoder_input` are inserted into the token embeddings at `insert_at` (0 prepends);
+    prompts at `encoder_output` are appended to `last_hidden_state`. The attention mask grows by the same
+    number of positions; a row that is fully masked (the null condition of classifier-free guidance)
+    stays fully masked, so the unconditional branch is exactly the base model's.
     """
 
     adapter_layer_names = ("soft_prompt_embeddings",)
     other_param_names = ("soft_prompt_position",)
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, insert_at: int = 0) -> None:
+    def __init__(self, encoder: nn.Module, adapter_name: str, config: Any, insert_at: int = 0) -> None:
         super().__init__()
-        self.base_layer = base_layer
         # Index in the token sequence where input-position prompts go: 0 prepends; 1 keeps a pooled
         # first token (CLAP's `<s>`) first.
         self.insert_at = insert_at
@@ -70,32 +88,45 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         self.soft_prompt_position: dict[str, str] = {}
         self.merged_adapters = []
         self._disable_adapters = False
+        # Not a submodule: the encoder owns this layer, not the other way round.
+        object.__setattr__(self, "_encoder", encoder)
+        self._signature = inspect.signature(encoder.forward)
         self.update_layer(adapter_name, config)
         self._active_adapter = adapter_name
+        self._hooks = [
+            encoder.register_forward_pre_hook(self._before_encoder, with_kwargs=True),
+            encoder.register_forward_hook(self._after_encoder, with_kwargs=True),
+        ]
 
-    # -- attribute passthrough, so code that reads `text_encoder.config` etc. keeps working --
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
+    @classmethod
+    def attach(cls, encoder: nn.Module, adapter_name: str, config: Any, insert_at: int = 0) -> SoftPromptLayer:
+        layer = cls(encoder, adapter_name, config, insert_at=insert_at)
+        encoder.add_module(CHILD_NAME, layer)
+        return layer
+
+    def detach(self) -> None:
+        """Remove the hooks and the layer from its encoder, leaving the encoder as it was."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if getattr(self._encoder, CHILD_NAME, None) is self:
+            delattr(self._encoder, CHILD_NAME)
 
     @property
     def token_dim(self) -> int:
-        return self.base_layer.get_input_embeddings().weight.shape[1]
+        return self._encoder.get_input_embeddings().weight.shape[1]
 
     def update_layer(self, adapter_name: str, config: Any) -> None:
-        from accelerate.utils import align_module_device
-
-        embeddings = self.base_layer.get_input_embeddings()
-        # With accelerate's CPU/disk offload the weights sit on the meta device until a hook loads them.
-        with align_module_device(embeddings, execution_device=torch.device("cpu")):
-            value = initial_prompt(config, embeddings.weight)
+        embeddings = self._encoder.get_input_embeddings()
         device, dtype = _execution_device_and_dtype(embeddings)
-        value = value.to(device=device, dtype=dtype)
-        self.soft_prompt_embeddings[adapter_name] = nn.Parameter(value)
+        table = _embedding_table(embeddings, device)
+        if table is None:
+            # peft's from_pretrained on an offloaded base removes the hooks while it injects the adapter and
+            # loads the adapter's weights right after: the initial value is never used.
+            value = torch.zeros(config.num_virtual_tokens, embeddings.weight.shape[1])
+        else:
+            value = initial_prompt(config, table)
+        self.soft_prompt_embeddings[adapter_name] = nn.Parameter(value.to(device=device, dtype=dtype))
         self.soft_prompt_position[adapter_name] = config.position
         self.set_adapter(self.active_adapters)
 
@@ -109,7 +140,7 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         ]
 
     def num_active_tokens(self) -> tuple[int, int]:
-        """(prepended, appended) numbers of prompt positions currently in use."""
+        """(inserted, appended) numbers of prompt positions currently in use."""
         return (
             sum(p.shape[0] for p in self._active_prompts("encoder_input")),
             sum(p.shape[0] for p in self._active_prompts("encoder_output")),
@@ -124,18 +155,27 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         k = self.insert_at
         return torch.cat([mask[:, :k], keep.expand(-1, n_in), mask[:, k:], keep.expand(-1, n_out)], dim=1)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
-    ):
+    def _onloaded(self) -> contextlib.AbstractContextManager:
+        """If accelerate offloaded this layer too (it sits inside the encoder), load its prompts for the call."""
+        if hasattr(self, "_hf_hook") and any(p.device.type == "meta" for p in self.parameters()):
+            from accelerate.utils import align_module_device
+
+            return align_module_device(self, execution_device=self._hf_hook.execution_device)
+        return contextlib.nullcontext()
+
+    def _before_encoder(self, encoder: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        with self._onloaded():
+            return self._prepare_encoder_call(encoder, args, kwargs)
+
+    def _prepare_encoder_call(self, encoder: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         n_in, n_out = self.num_active_tokens()
         if n_in == 0 and n_out == 0:
-            return self.base_layer(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
-            )
+            return None
+        call = self._signature.bind_partial(*args, **kwargs).arguments
+        extra = call.pop("kwargs", {})
+        call.update(extra)
+        input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
+        attention_mask = call.get("attention_mask")
         text_len = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
         if attention_mask is not None and attention_mask.shape[1] == text_len:
             attention_mask = self.extend_attention_mask(attention_mask)
@@ -144,29 +184,33 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
                 f"attention_mask has {attention_mask.shape[1]} positions; expected {text_len} (text) or "
                 f"{text_len + n_in + n_out} (text + soft prompt)."
             )
-        encoder_mask = attention_mask[:, : attention_mask.shape[1] - n_out] if attention_mask is not None else None
-
+        if attention_mask is not None:
+            call["attention_mask"] = attention_mask[:, : attention_mask.shape[1] - n_out]
         if n_in:
             if inputs_embeds is None:
-                inputs_embeds = self.base_layer.get_input_embeddings()(input_ids)
+                inputs_embeds = encoder.get_input_embeddings()(input_ids)
             prompt = torch.cat(self._active_prompts("encoder_input"), dim=0)
             prompt = prompt.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
             prompt = prompt.expand(inputs_embeds.shape[0], -1, -1)
             k = self.insert_at
-            inputs_embeds = torch.cat([inputs_embeds[:, :k], prompt, inputs_embeds[:, k:]], dim=1)
-            input_ids = None
-        outputs = self.base_layer(
-            input_ids=input_ids, attention_mask=encoder_mask, inputs_embeds=inputs_embeds, **kwargs
-        )
-        if n_out:
-            hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+            call["inputs_embeds"] = torch.cat([inputs_embeds[:, :k], prompt, inputs_embeds[:, k:]], dim=1)
+            call["input_ids"] = None
+        return (), call
+
+    def _after_encoder(self, encoder: nn.Module, args: tuple, kwargs: dict, outputs: Any) -> Any:
+        if not self._active_prompts("encoder_output"):
+            return None
+        hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+        with self._onloaded():
             prompt = torch.cat(self._active_prompts("encoder_output"), dim=0).to(hidden.device, hidden.dtype)
-            hidden = torch.cat([hidden, prompt.expand(hidden.shape[0], -1, -1)], dim=1)
-            if hasattr(outputs, "last_hidden_state"):
-                outputs.last_hidden_state = hidden
-            else:
-                outputs = (hidden, *outputs[1:])
-        return outputs
+        hidden = torch.cat([hidden, prompt.expand(hidden.shape[0], -1, -1)], dim=1)
+        if hasattr(outputs, "last_hidden_state"):
+            outputs.last_hidden_state = hidden
+            return outputs
+        return (hidden, *outputs[1:])
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("SoftPromptLayer acts through hooks on its text encoder; call the encoder instead.")
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise NotImplementedError("A soft prompt adds positions to the text; it cannot be merged into weights.")

@@ -16,7 +16,7 @@ from ...families import (
     get_family,
     get_submodule,
 )
-from .layer import SoftPromptLayer
+from .layer import CHILD_NAME, SoftPromptLayer
 
 
 class SoftMusicPromptModel(BaseTuner):
@@ -40,8 +40,6 @@ class SoftMusicPromptModel(BaseTuner):
         """
         family, slot, path = self._resolve_target(config)
         encoder = get_submodule(self.model, path)
-        if isinstance(encoder, SoftPromptLayer):
-            encoder = encoder.base_layer
         width = encoder.get_input_embeddings().weight.shape[1]
         if config.token_dim is not None and config.token_dim != width:
             raise ValueError(
@@ -81,23 +79,18 @@ class SoftMusicPromptModel(BaseTuner):
     def _create_and_replace(
         self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs
     ) -> None:
-        if isinstance(target, SoftPromptLayer):
-            target.update_layer(adapter_name, peft_config)
+        existing = getattr(target, CHILD_NAME, None)
+        if isinstance(existing, SoftPromptLayer):
+            existing.update_layer(adapter_name, peft_config)
             return
         if not hasattr(target, "get_input_embeddings"):
             raise TypeError(
-                f"Soft prompts wrap a text encoder with get_input_embeddings(); {current_key!r} is "
+                f"Soft prompts attach to a text encoder with get_input_embeddings(); {current_key!r} is "
                 f"{type(target).__name__}."
             )
-        new_module = SoftPromptLayer(target, adapter_name, peft_config, insert_at=self._insert_at)
+        layer = SoftPromptLayer.attach(target, adapter_name, peft_config, insert_at=self._insert_at)
         if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
-
-    def _replace_module(self, parent, child_name, new_module, child) -> None:
-        # BaseTuner's version copies `.weight` (a text encoder has none) and would move the prompt to the meta
-        # device of an offloaded encoder; the layer has already placed the prompt on the execution device.
-        setattr(parent, child_name, new_module)
+            layer.requires_grad_(False)
 
     def _post_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
         if getattr(self, "_mask_hook", None) is None:
@@ -145,11 +138,19 @@ class SoftMusicPromptModel(BaseTuner):
         )
 
     def unload(self) -> nn.Module:
+        """The base model as it was: prompt layers and hooks removed, every base weight untouched."""
         self._remove_mask_hook()
-        return self._unload_and_optionally_merge(merge=False)
+        for layer in self._prompt_layers():
+            layer.detach()
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
+        for layer in self._prompt_layers():
+            if not layer.soft_prompt_embeddings:
+                layer.detach()
         if not self._prompt_layers():
             self._remove_mask_hook()
 
