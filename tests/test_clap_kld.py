@@ -422,6 +422,28 @@ def test_write_report_writes_every_file(clap, tmp_path):
     assert "&lt;koto&gt; piece" in md  # placeholders stay visible in rendered Markdown
     with pytest.raises(ValueError, match="categories has 1 entries"):
         write_report(results, tmp_path / "bad", categories=["x"])
+    assert not [p for p in (tmp_path / "report").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def _table_widths(markdown: str) -> list[set[int]]:
+    """Cell counts of each Markdown table (consecutive lines starting with '|')."""
+    tables, current = [], set()
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.add(line.count("|"))
+        elif current:
+            tables.append(current)
+            current = set()
+    return tables
+
+
+def test_report_tables_stay_well_formed_when_nothing_is_scored(clap, tmp_path):
+    silent = [np.zeros(SR, dtype=np.float32)] * 2
+    results = {"base": compute_clap_kld(silent, ["a", "b"], None, sampling_rate=SR, clap_model=clap,
+                                        metrics=["clap_score"])}
+    assert results["base"]["num_scored"] == 0
+    md = write_report(results, tmp_path / "empty", prompts=["a", "b"])["markdown"].read_text()
+    assert all(len(widths) == 1 for widths in _table_widths(md)), md
 
 
 def test_space_app_scores_files(clap, tmp_path):

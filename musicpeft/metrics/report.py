@@ -49,8 +49,11 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the PNG under a temporary name and rename it: a reader never sees half a picture."""
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
     return path
 
 
@@ -92,12 +95,12 @@ def _category_means(results, names, categories, key) -> dict[str, dict[str, floa
 def _markdown(results, names, prompts, categories, title) -> str:
     lines = [f"# {title}", "", f"Baseline: **{names[0]}**. Scores as defined in docs/evaluation.md.", ""]
     present = [a for a in AGGREGATES if any(results[n].get(a) is not None for n in names)]
-    lines += ["## Summary", "", "| model | " + " | ".join(present) + " | scored / items |",
+    lines += ["## Summary", "", "| " + " | ".join(["model", *present, "scored / items"]) + " |",
               "|---" * (len(present) + 2) + "|"]
     for name in names:
         r = results[name]
-        row = [_fmt(r.get(a)) for a in present]
-        lines.append(f"| {_cell(name)} | " + " | ".join(row) + f" | {r.get('num_scored')} / {r.get('num_items')} |")
+        row = [_cell(name), *(_fmt(r.get(a)) for a in present), f"{r.get('num_scored')} / {r.get('num_items')}"]
+        lines.append("| " + " | ".join(row) + " |")
     for name in names:
         for e in results[name].get("excluded") or []:
             lines.append(f"\n- {name}: item {e['index']} excluded: {e['reason']}")
