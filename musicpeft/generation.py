@@ -46,14 +46,9 @@ def _tiny_musicgen() -> tuple[Any, Any]:
     A config-built EnCodec maps every code to the same (zero) vector, so every prompt and every
     adapter would decode to the same clip; seeding the codebooks (as the demo does) makes codes audible.
     """
-    from .data.render import render_clips
-    from .tiny import tiny_musicgen, tiny_musicgen_processor
-    from .training.collator import init_codebooks_from_audio
+    from .tiny import tiny_musicgen_processor, tiny_musicgen_with_music
 
-    model = tiny_musicgen(seed=0)
-    rate = model.config.audio_encoder.sampling_rate
-    init_codebooks_from_audio(model, render_clips(2, 1.0, sample_rate=rate, seed=0), seed=0)
-    return model, tiny_musicgen_processor()
+    return tiny_musicgen_with_music(seed=0), tiny_musicgen_processor()
 
 
 def _is_pipeline_source(source: str) -> bool:

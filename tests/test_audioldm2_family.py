@@ -16,13 +16,6 @@ from musicpeft.tiny.audioldm2 import make_roberta_tokenizer, tiny_audioldm2_pipe
 PROMPTS = ["a cheerful jig on the violin", "slow piano"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine run far faster without intra-op threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_musicgen, tiny_musicgen_processor
+from fixtures import tiny_musicgen, tiny_musicgen_processor, tiny_musicgen_with_music
 
 from musicpeft.data import make_rendered_dataset, render_clips
 from musicpeft.training.collator import (
     MusicgenCollator,
     delayed_labels,
     encode_audio,
-    init_codebooks_from_audio,
     precompute_codes,
 )
 
@@ -22,9 +21,7 @@ K = 4
 
 @pytest.fixture(scope="module")
 def model():
-    m = tiny_musicgen(seed=0)
-    init_codebooks_from_audio(m, render_clips(4, 1.0, sample_rate=SR, program=0), seed=0)
-    return m
+    return tiny_musicgen_with_music(seed=0)
 
 
 @pytest.fixture(scope="module")

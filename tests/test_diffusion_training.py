@@ -26,12 +26,6 @@ SR = 16000
 TEXTS = ["a cheerful jig", "slow piano", "violin waltz", "sad cello"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tone(freq: float, n: int, rate: int = SR) -> np.ndarray:

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from fixtures import tiny_musicgen, tiny_musicgen_processor
+from fixtures import tiny_musicgen_processor, tiny_musicgen_with_music
 
-from musicpeft.data import make_rendered_dataset, render_clips
-from musicpeft.training import MusicgenCollator, init_codebooks_from_audio, precompute_codes
+from musicpeft.data import make_rendered_dataset
+from musicpeft.training import MusicgenCollator, precompute_codes
 from musicpeft.training.musicgen_trainer import make_musicgen_trainer, token_cross_entropy
 
 SR = 16000
@@ -18,9 +18,7 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def base():
-    m = tiny_musicgen(seed=0)
-    init_codebooks_from_audio(m, render_clips(4, 1.0, sample_rate=SR, program=0), seed=0)
-    return m
+    return tiny_musicgen_with_music(seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,6 @@ R = 4
 PROJ = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _lora_modules(root: torch.nn.Module) -> dict[str, torch.nn.Module]:

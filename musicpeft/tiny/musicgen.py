@@ -85,3 +85,18 @@ def tiny_musicgen_processor():
 
     fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0)
     return MusicgenProcessor(feature_extractor=fe, tokenizer=make_t5_tokenizer())
+
+
+def tiny_musicgen_with_music(seed: int = 0):
+    """`tiny_musicgen` whose EnCodec codebooks are seeded from rendered piano music.
+
+    A config-built EnCodec has all-zero codebooks, so every frame encodes to code 0; seeded from real
+    audio (EnCodec's own k-means idea), codes follow the music and token losses mean something.
+    """
+    from ..data.render import render_clips
+    from ..training.collator import init_codebooks_from_audio
+
+    model = tiny_musicgen(seed)
+    rate = model.config.audio_encoder.sampling_rate
+    init_codebooks_from_audio(model, render_clips(4, 1.0, sample_rate=rate, program=0), seed=0)
+    return model
