@@ -264,3 +264,12 @@ def test_base_loaded_with_device_map_and_disk_offload(tmp_path, batch):
     assert loaded.base_model.model.text_encoder.shared.weight.device.type == "meta"  # still offloaded
     assert torch.allclose(logits(loaded, inputs, dec), logits(reference, inputs, dec), atol=1e-6)
     assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_weights_file_without_the_prompt_is_an_error(tmp_path):
+    from safetensors.torch import save_file
+
+    get_peft_model(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=3)).save_pretrained(tmp_path)
+    save_file({"base_model.model.text_encoder.other": torch.zeros(3, 32)}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="hold no soft prompt for .*text_encoder.soft_prompt.*found keys: .*other"):
+        PeftModel.from_pretrained(tiny_musicgen(), tmp_path)
