@@ -49,17 +49,17 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=1).astype(np.float32)
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample along the frame axis with librosa's soxr (high quality)."""
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int, dtype: type = np.float32) -> np.ndarray:
+    """Resample along the frame axis with librosa's soxr (high quality); the metrics ask for float64."""
     import librosa
 
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"resample: sample rates must be > 0, got {orig_sr} -> {target_sr}")
-    audio = np.asarray(audio, dtype=np.float32)
+    audio = np.asarray(audio, dtype=dtype)
     if orig_sr == target_sr:
         return audio
     out = librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq", axis=0)
-    return out.astype(np.float32)
+    return out.astype(dtype)
 
 
 def peak_normalize(audio: np.ndarray, peak: float = 1.0) -> np.ndarray:

@@ -150,9 +150,9 @@ def check_audio(
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """``x`` at ``target`` Hz (librosa's soxr_hq resampler); returned unchanged when the rates agree."""
+    """``x`` at ``target`` Hz in float64 (the data module's soxr_hq resampler); unchanged when the rates agree."""
     if rate == target:
         return x
-    import librosa
+    from ..data.audio import resample as resample_audio
 
-    return librosa.resample(x, orig_sr=rate, target_sr=target)
+    return resample_audio(x, rate, target, dtype=np.float64)

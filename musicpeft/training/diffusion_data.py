@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.audio import resample
+
 # sampling rate -> (n_fft, win_length, fmin, fmax) of AudioLDM-family training configs.
 _KNOWN_STFT = {16000: (1024, 1024, 0.0, 8000.0), 48000: (2048, 2048, 20.0, 24000.0)}
 
@@ -160,10 +162,7 @@ class AudioTextCollator:
         if rate is None:
             raise ValueError(f"{where}: no sampling rate; add a `sampling_rate` column or pass a fixed rate.")
         audio = _mono(np.asarray(audio, dtype=np.float32), where)
-        if int(rate) != self.mel.sampling_rate:
-            import librosa
-
-            audio = librosa.resample(audio, orig_sr=int(rate), target_sr=self.mel.sampling_rate)
+        audio = resample(audio, int(rate), self.mel.sampling_rate)
         if len(audio) < self.unit:
             raise ValueError(
                 f"{where} is too short: {len(audio)} samples at {self.mel.sampling_rate} Hz; AudioLDM2 needs at least "
