@@ -1,3 +1,18 @@
 """The one fixtures module of the test suite: tiny models, tokenizers and audio built in memory."""
 
+import torch
+
 from musicpeft.tiny import *  # noqa: F401,F403
+from musicpeft.tiny import tiny_musicgen_processor
+
+
+def musicgen_inputs(texts=("haegeum sanjo", "a slow waltz")):
+    """Processor outputs for a few prompts, as a user would pass them to the model."""
+    return tiny_musicgen_processor()(text=list(texts), return_tensors="pt", padding=True)
+
+
+def musicgen_logits(model, inputs):
+    """Logits of a (possibly adapted) tiny MusicGen for fixed decoder inputs: what round-trip tests compare."""
+    decoder_input_ids = torch.arange(24).reshape(8, 3) % 64
+    with torch.no_grad():
+        return model(**inputs, decoder_input_ids=decoder_input_ids).logits

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from fixtures import tiny_musicgen, tiny_musicgen_processor
+from fixtures import musicgen_inputs, musicgen_logits, tiny_musicgen
 from peft import PeftModel
 
 import musicpeft
@@ -15,13 +15,10 @@ from musicpeft import AdapterFileError, SoftMusicPromptConfig
 
 @pytest.fixture(scope="module")
 def inputs():
-    return tiny_musicgen_processor()(text=["haegeum sanjo", "a slow waltz"], return_tensors="pt", padding=True)
+    return musicgen_inputs()
 
 
-def _logits(model, inputs):
-    dec = torch.arange(24).reshape(8, 3) % 64
-    with torch.no_grad():
-        return model(**inputs, decoder_input_ids=dec).logits
+_logits = musicgen_logits
 
 
 def test_round_trip_through_public_verbs(tmp_path, inputs):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from fixtures import tiny_musicgen, tiny_musicgen_processor
+from fixtures import musicgen_inputs, musicgen_logits, tiny_musicgen
 from huggingface_hub import ModelCard, get_session, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from peft import PeftModel
@@ -20,13 +20,10 @@ from musicpeft.testing import LocalHubServer, pointed_at
 
 @pytest.fixture(scope="module")
 def inputs():
-    return tiny_musicgen_processor()(text=["haegeum sanjo", "a slow waltz"], return_tensors="pt", padding=True)
+    return musicgen_inputs()
 
 
-def _logits(model, inputs):
-    dec = torch.arange(24).reshape(8, 3) % 64
-    with torch.no_grad():
-        return model(**inputs, decoder_input_ids=dec).logits
+_logits = musicgen_logits
 
 
 def _prompted(seed: int = 3):
