@@ -1,4 +1,4 @@
-"""`musicpeft` command line: `musicpeft demo`, `musicpeft evaluate`.
+"""`musicpeft` command line: `musicpeft demo`, `musicpeft evaluate`, `musicpeft push`.
 
 Arguments are dataclasses shared with the Python API.
 """
@@ -52,6 +52,34 @@ def _evaluate(namespace: argparse.Namespace) -> int:
     return 0
 
 
+@dataclasses.dataclass
+class PushArguments:
+    folder: str = dataclasses.field(metadata={"help": "Adapter folder written by musicpeft.save_adapter."})
+    repo_id: str = dataclasses.field(metadata={"help": "Hub repo, 'user/name' (or 'name' in your namespace)."})
+    private: bool = dataclasses.field(
+        default=False, metadata={"help": "Create the repo private.", "type": lambda v: v.lower() in ("1", "true")}
+    )
+    description: str | None = dataclasses.field(
+        default=None, metadata={"help": "A paragraph for the model card.", "type": str}
+    )
+    base_model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub id of the base model, for the card's metadata.", "type": str}
+    )
+    training_data: str | None = dataclasses.field(
+        default=None, metadata={"help": "What the adapter was trained on, for the card.", "type": str}
+    )
+
+
+def _push(namespace: argparse.Namespace) -> int:
+    from .hub import push_adapter_folder
+
+    args = PushArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(PushArguments)})
+    card = {k: getattr(args, k) for k in ("description", "base_model", "training_data") if getattr(args, k)}
+    url = push_adapter_folder(args.folder, args.repo_id, private=args.private, model_card=card or None)
+    print(f"Uploaded {args.folder} to {args.repo_id}: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoArguments
     from .evaluation import EvaluateArguments
@@ -67,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataclass_arguments(evaluate, EvaluateArguments)
     evaluate.set_defaults(run=_evaluate)
+    push = commands.add_parser("push", help="Upload a saved adapter folder to the Hub with a model card.")
+    _add_dataclass_arguments(push, PushArguments)
+    push.set_defaults(run=_push)
     return parser
 
 

@@ -65,32 +65,70 @@ def push_adapter_to_hub(
     The repo is created if needed (`private` applies only then). `model_card` fills the card's optional
     parts; see `CARD_KEYS`. Nothing is uploaded if the model card cannot be rendered.
     """
-    from huggingface_hub import HfApi
-
     from .api import save_adapter
 
     _check_card_keys(model_card or {})
     family = family_of(model_or_pipe)
     with tempfile.TemporaryDirectory(prefix="musicpeft-push-") as folder:
         save_adapter(model_or_pipe, folder, adapter_name)
-        configs = _saved_configs(folder)
-        card_config = configs[None] if list(configs) == [None] else configs
-        num_parameters = _count_parameters(folder)
-        card = render_model_card(card_config, family, model_card, repo_id=repo_id, num_parameters=num_parameters)
-        api = HfApi(token=token)
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if repo.repo_id != repo_id:  # "name" alone: the Hub put it in the token owner's namespace
-            card = render_model_card(
-                card_config, family, model_card, repo_id=repo.repo_id, num_parameters=num_parameters
-            )
-        Path(folder, "README.md").write_text(card, encoding="utf-8")
-        method = _method_name(next(iter(configs.values())))
-        info = api.upload_folder(
-            folder_path=folder,
-            repo_id=repo.repo_id,
-            repo_type="model",
-            commit_message=commit_message or f"Upload {method} adapter with musicpeft",
-        )
+        return _upload(folder, repo_id, family, private, token, commit_message, model_card)
+
+
+def push_adapter_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    model_card: dict[str, Any] | None = None,
+) -> str:
+    """Upload an adapter folder written by `musicpeft.save_adapter` (what `musicpeft push` does)."""
+    import shutil
+
+    from .adapter_files import AdapterFileError, check_local_adapter_folder
+    from .api import MANIFEST_NAME
+
+    folder = os.fspath(folder)
+    manifest, config = os.path.join(folder, MANIFEST_NAME), os.path.join(folder, "adapter_config.json")
+    source = manifest if os.path.isfile(manifest) else config
+    if not os.path.isfile(source):
+        raise AdapterFileError(f"{folder}: neither {MANIFEST_NAME} nor adapter_config.json; not an adapter folder.")
+    with open(source) as handle:
+        record = json.load(handle)
+    family_name = record.get("family", record.get("base_family"))
+    if family_name is None:
+        raise AdapterFileError(f"{source}: names no model family; save the adapter with musicpeft.save_adapter.")
+    family = get_family(family_name)
+    for subfolder in record.get("components", {}).values() or ["."]:
+        check_local_adapter_folder(os.path.join(folder, subfolder))
+    _check_card_keys(model_card or {})
+    with tempfile.TemporaryDirectory(prefix="musicpeft-push-") as staging:
+        # A copy, so that the README written for the Hub never lands in the user's folder.
+        staged = os.path.join(staging, "adapter")
+        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("README.md", ".*"))
+        return _upload(staged, repo_id, family, private, token, commit_message, model_card)
+
+
+def _upload(folder, repo_id, family, private, token, commit_message, model_card) -> str:
+    from huggingface_hub import HfApi
+
+    configs = _saved_configs(folder)
+    card_config = configs[None] if list(configs) == [None] else configs
+    num_parameters = _count_parameters(folder)
+    card = render_model_card(card_config, family, model_card, repo_id=repo_id, num_parameters=num_parameters)
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if repo.repo_id != repo_id:  # "name" alone: the Hub put it in the token owner's namespace
+        card = render_model_card(card_config, family, model_card, repo_id=repo.repo_id, num_parameters=num_parameters)
+    Path(folder, "README.md").write_text(card, encoding="utf-8")
+    method = _method_name(next(iter(configs.values())))
+    info = api.upload_folder(
+        folder_path=folder,
+        repo_id=repo.repo_id,
+        repo_type="model",
+        commit_message=commit_message or f"Upload {method} adapter with musicpeft",
+    )
     return str(info.commit_url)
 
 

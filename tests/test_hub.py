@@ -256,3 +256,25 @@ def test_end_to_end_in_a_subprocess_with_hf_endpoint_set(local_hub):
     assert result.stdout.splitlines()[-1] == "round trip ok"
     assert result.stdout.splitlines()[0].startswith(f"{local_hub.endpoint}/user/e2e/commit/")
     assert "adapter_model.safetensors" in local_hub.api.list_repo_files("user/e2e")
+
+
+def test_push_command_uploads_a_saved_folder(local_hub, tmp_path, inputs):
+    from musicpeft.cli import main
+
+    original = _prompted()
+    musicpeft.save_adapter(original, tmp_path / "prompt")
+    before = sorted(p.name for p in (tmp_path / "prompt").iterdir())
+    assert (
+        main(
+            ["push", "--folder", str(tmp_path / "prompt"), "--repo-id", "user/pushed", "--description", "A koto style."]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "prompt").iterdir()) == before  # the card went to the Hub only
+    files = local_hub.api.list_repo_files("user/pushed")
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "musicpeft_adapter.json"} <= set(files)
+    assert "A koto style." in ModelCard.load("user/pushed").text
+    loaded = musicpeft.load_adapter(tiny_musicgen(), "user/pushed")
+    assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
+    with pytest.raises(AdapterFileError, match="not an adapter folder"):
+        main(["push", "--folder", str(tmp_path), "--repo-id", "user/nothing"])
