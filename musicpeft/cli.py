@@ -1,4 +1,4 @@
-"""`musicpeft` command line: `musicpeft demo`, `musicpeft evaluate`, `musicpeft push`.
+"""`musicpeft` command line: `musicpeft demo`, `musicpeft train`, `musicpeft evaluate`, `musicpeft push`.
 
 Arguments are dataclasses shared with the Python API.
 """
@@ -39,6 +39,15 @@ def _demo(namespace: argparse.Namespace) -> int:
         f"Adapter: {report['adapter_dir']} ({report['adapter_bytes']} bytes)\n"
         f"Report: {args.output_dir}/report.md, loss curve, before/after wavs. Took {report['seconds']} s."
     )
+    return 0
+
+
+def _train(namespace: argparse.Namespace) -> int:
+    from .train_cli import TrainArguments, format_summary, run_training
+
+    args = TrainArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(TrainArguments)})
+    summary = run_training(args)
+    print("\n" + format_summary(summary))
     return 0
 
 
@@ -83,12 +92,18 @@ def _push(namespace: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoArguments
     from .evaluation import EvaluateArguments
+    from .train_cli import TrainArguments
 
     parser = argparse.ArgumentParser(prog="musicpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="Offline end-to-end demo on the embedded tiny MusicGen.")
     _add_dataclass_arguments(demo, DemoArguments)
     demo.set_defaults(run=_demo)
+    train = commands.add_parser(
+        "train", help="Train a soft prompt, LoRA preset or full fine-tune on MusicGen or AudioLDM2; save the adapter."
+    )
+    _add_dataclass_arguments(train, TrainArguments)
+    train.set_defaults(run=_train)
     evaluate = commands.add_parser(
         "evaluate",
         help="Base model vs adapters on a prompt set: clap_kld, token cross-entropy, report with plots.",

@@ -1,0 +1,343 @@
+"""`musicpeft train`: train one adapter on a folder of audio (or rendered clips) from the command line.
+
+No loop of its own: MusicGen trains on the transformers Trainer (:func:`make_musicgen_trainer`, early stopping
+on an eval split, token cross-entropy before/after), AudioLDM2 on :func:`train_audioldm2` (best eval state kept).
+Bases are loaded by :func:`musicpeft.generation.load_base` and ``rendered:`` specs parsed by
+:func:`musicpeft.evaluation.parse_rendered`, as ``musicpeft evaluate`` does.
+
+Defaults left as None are the papers' (batch size, learning rate, epochs, clip length): MusicGen from
+:data:`~musicpeft.training.musicgen_trainer.PAPER_DEFAULTS`, AudioLDM2 from
+:class:`~musicpeft.training.diffusion.DiffusionTrainingArguments`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .evaluation import parse_rendered
+from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
+
+METHODS = ("soft_prompt", "lora:<preset>", "full")
+SUMMARY_FILE = "train_summary.json"
+MUSICGEN_CLIP_SECONDS = 10.0  # MusicGen's training chunks (the soft-prompt and LoRA papers use 10 s clips)
+
+
+@dataclass
+class TrainArguments:
+    """Arguments of ``musicpeft train`` (also usable from Python: ``run_training(TrainArguments(...))``)."""
+
+    base: str = field(
+        metadata={"help": f"MusicGen model or AudioLDM2 pipeline (local folder or Hub id), or '{TINY_MUSICGEN}' / "
+                  f"'{TINY_AUDIOLDM2}' for the embedded tiny models (random weights)."}
+    )
+    data: str = field(
+        metadata={"help": "Training audio: a folder with metadata.jsonl (one JSON object per file with 'path' and "
+                  "a caption), or 'rendered:<program>:<n>' for n rendered music21 clips (GM program 0-127 or empty)."}
+    )
+    output_dir: str = field(default="musicpeft-adapter", metadata={"help": "Where the adapter and summary go."})
+    method: str = field(
+        default="soft_prompt",
+        metadata={"help": "soft_prompt, lora:<preset> (MusicGen: self_attn, attn, attn_mlp; AudioLDM2: self_attn, "
+                  "cross_attn, attn, attn_ff) or full (the whole decoder / U-Net)."},
+    )
+    num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (paper: 30)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha = 2 * r)."})
+    clip_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Length of training clips (folders are cut into chunks of it); None = 10 s for MusicGen, "
+                  "10.24 s for AudioLDM2.", "type": float},
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of the clips held out for evaluation (at least one clip); 0 = no eval split, "
+                  "no early stopping."},
+    )
+    epochs: int | None = field(
+        default=None, metadata={"help": "Epochs; None = the paper's (MusicGen 100, AudioLDM2 30).", "type": int}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Stop after this many optimizer steps (overrides epochs).", "type": int}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size; None = the paper's (MusicGen 32, AudioLDM2 16).", "type": int}
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate; None = the paper's (MusicGen 1e-5, AudioLDM2 5e-5).", "type": float},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the split, rendering, initialisation and training."})
+    early_stopping_patience: int | None = field(
+        default=3,
+        metadata={"help": "MusicGen: stop after this many evaluations without a lower eval loss; "
+                  "AudioLDM2 always runs its epochs and keeps the state with the lowest eval loss.", "type": int},
+    )
+
+    def __post_init__(self) -> None:
+        parse_method(self.method)
+        for name in ("num_virtual_tokens", "lora_r", "epochs", "max_steps", "batch_size", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("clip_seconds", "learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+def parse_method(method: str) -> tuple[str, str | None]:
+    """``"soft_prompt"`` / ``"lora:<preset>"`` / ``"full"`` -> ``(kind, preset or None)``."""
+    kind, sep, preset = method.partition(":")
+    if kind == "lora" and sep and preset:
+        return "lora", preset
+    if method in ("soft_prompt", "full"):
+        return method, None
+    from .training.presets import list_presets
+
+    presets = "; ".join(f"{family}: {', '.join(list_presets(family))}" for family in ("musicgen", "audioldm2"))
+    raise ValueError(f"method: unknown {method!r}; known methods: {', '.join(METHODS)} (presets {presets})")
+
+
+def check_preset(family: str, preset: str) -> None:
+    """A clear error naming the family's presets when ``preset`` is not one of them."""
+    from .training.presets import list_presets
+
+    known = list_presets(family)
+    if preset not in known:
+        raise ValueError(f"method: unknown LoRA preset {preset!r} for {family}; known presets: "
+                         f"{', '.join(f'lora:{name}' for name in known)}")
+
+
+def _check_inputs(args: TrainArguments) -> str:
+    """Everything checkable before loading a model; returns the base's family."""
+    if parse_rendered(args.data, "data") is None:
+        if not os.path.isdir(args.data):
+            raise FileNotFoundError(f"data: {args.data!r} is neither a folder nor 'rendered:<program>:<n>'")
+        if not os.path.isfile(os.path.join(args.data, "metadata.jsonl")):
+            raise FileNotFoundError(f"data: {args.data} has no metadata.jsonl (one JSON object per audio file with "
+                                    "'path' and a caption such as 'description')")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise NotADirectoryError(f"output_dir: {args.output_dir} exists and is not a folder")
+    family = base_family(args.base)
+    kind, preset = parse_method(args.method)
+    if kind == "lora":
+        check_preset(family, preset)
+    return family
+
+
+def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: float):
+    """``(train, eval or None)``: the clips of ``args.data`` at the model's rate, split by ``eval_fraction``."""
+    from .data.dataset import load_audio_folder, make_rendered_dataset
+
+    rendered = parse_rendered(args.data, "data")
+    if rendered is not None:
+        program, n = rendered
+        data = make_rendered_dataset(n, clip_seconds, sampling_rate, program=program, seed=args.seed)
+    else:
+        data = load_audio_folder(args.data, sample_rate=sampling_rate, chunk_seconds=clip_seconds, remainder="keep")
+    n_eval = max(1, round(len(data) * args.eval_fraction)) if args.eval_fraction > 0 else 0
+    if n_eval == 0:
+        return data.shuffle(seed=args.seed), None
+    if n_eval >= len(data):
+        raise ValueError(f"data: {len(data)} clip(s) cannot be split into training and eval sets "
+                         f"(eval_fraction {args.eval_fraction}); give more clips or --eval-fraction 0")
+    split = data.train_test_split(test_size=n_eval, seed=args.seed)
+    return split["train"], split["test"]
+
+
+def _adapter_config(kind: str, preset: str | None, model_or_pipe: Any, args: TrainArguments):
+    from .training.presets import lora_config
+    from .tuners.soft_prompt import SoftMusicPromptConfig
+
+    if kind == "soft_prompt":
+        return SoftMusicPromptConfig(num_virtual_tokens=args.num_virtual_tokens)
+    return lora_config(model_or_pipe, preset, r=args.lora_r, alpha=2 * args.lora_r)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, scratch: str) -> dict:
+    import musicpeft
+
+    from .training.musicgen_trainer import PAPER_DEFAULTS, make_musicgen_trainer, token_cross_entropy
+    from .training.presets import prepare_full_finetune
+
+    kind, preset = parse_method(args.method)
+    model, processor = base.model, base.processor
+    batch_size = args.batch_size or PAPER_DEFAULTS["per_device_train_batch_size"]
+    def cross_entropy(m: Any) -> float | None:
+        if eval_data is None:
+            return None
+        return _finite(token_cross_entropy(m, processor, eval_data, batch_size=batch_size)["cross_entropy"])
+
+    ce_before = cross_entropy(model)
+    torch.manual_seed(args.seed)
+    if kind == "full":
+        trained = model
+        trainable = sum(p.numel() for p in prepare_full_finetune(model))
+    else:
+        trained = musicpeft.add_adapter(model, _adapter_config(kind, preset, model, args))
+        trainable = trained.get_nb_trainable_parameters()[0]
+    overrides: dict[str, Any] = {
+        "output_dir": scratch,
+        "num_train_epochs": args.epochs or PAPER_DEFAULTS["num_train_epochs"],
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "learning_rate": args.learning_rate or PAPER_DEFAULTS["learning_rate"],
+        "seed": args.seed,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    trainer = make_musicgen_trainer(trained, processor, train, eval_dataset=eval_data,
+                                    early_stopping_patience=args.early_stopping_patience, **overrides)
+    output = trainer.train()
+    ce_after = cross_entropy(trained)
+    if kind == "full":
+        adapter_dir = os.path.join(args.output_dir, "decoder")
+        trained.decoder.save_pretrained(adapter_dir, safe_serialization=True)
+    else:
+        adapter_dir = musicpeft.save_adapter(trained, args.output_dir)
+    return {
+        "trainable_parameters": int(trainable),
+        "steps": int(trainer.state.global_step),
+        "train_loss": _finite(output.training_loss),
+        "best_eval_loss": _finite(trainer.state.best_metric),
+        "eval_cross_entropy_before": ce_before,
+        "eval_cross_entropy_after": ce_after,
+        "adapter_dir": adapter_dir,
+        "batch_size": batch_size,
+        "learning_rate": overrides["learning_rate"],
+    }
+
+
+def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, clip_seconds: float) -> dict:
+    import musicpeft
+
+    from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
+    from .training.presets import prepare_full_finetune
+
+    kind, preset = parse_method(args.method)
+    pipe = base.model
+    defaults = DiffusionTrainingArguments()
+    batch_size = args.batch_size or defaults.per_device_train_batch_size
+    train = train.add_column("sampling_rate", [base.sampling_rate] * len(train))
+    if eval_data is not None:
+        eval_data = eval_data.add_column("sampling_rate", [base.sampling_rate] * len(eval_data))
+    dargs = DiffusionTrainingArguments(
+        num_train_epochs=args.epochs or defaults.num_train_epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        learning_rate=args.learning_rate or defaults.learning_rate, audio_length_s=clip_seconds, seed=args.seed,
+    )
+    loss_before = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
+    torch.manual_seed(args.seed)
+    params = None
+    if kind == "full":
+        params = prepare_full_finetune(pipe)
+    else:
+        musicpeft.add_adapter(pipe, _adapter_config(kind, preset, pipe, args))
+    trainable = sum(p.numel() for p in resolve_trainable(pipe, params).values())
+    history = train_audioldm2(pipe, train, eval_dataset=eval_data, args=dargs, trainable_parameters=params)
+    loss_after = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
+    if kind == "full":
+        adapter_dir = os.path.join(args.output_dir, "unet")
+        pipe.unet.save_pretrained(adapter_dir, safe_serialization=True)
+    else:
+        adapter_dir = musicpeft.save_adapter(pipe, args.output_dir)
+    last = history["train_loss"][-1]["loss"] if history["train_loss"] else None
+    return {
+        "trainable_parameters": int(trainable),
+        "steps": int(history["global_step"]),
+        "train_loss": _finite(last),
+        "best_eval_loss": _finite(history["best_eval_loss"]),
+        "eval_loss_before": _finite(loss_before),
+        "eval_loss_after": _finite(loss_after),
+        "adapter_dir": adapter_dir,
+        "batch_size": batch_size,
+        "learning_rate": dargs.learning_rate,
+    }
+
+
+def write_summary(summary: dict, output_dir: str) -> str:
+    """``output_dir/train_summary.json``, written atomically."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, SUMMARY_FILE)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def run_training(args: TrainArguments) -> dict:
+    """Load the base and data, train, save; returns the summary (also in ``output_dir/train_summary.json``)."""
+    started = time.time()
+    family = _check_inputs(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(args.seed)
+    base = load_base(args.base, device)
+    clip_seconds = args.clip_seconds or (MUSICGEN_CLIP_SECONDS if family == "musicgen" else
+                                         _audioldm2_clip_seconds())
+    train, eval_data = load_training_data(args, base.sampling_rate, clip_seconds)
+    print(f"musicpeft train: {family} base {args.base!r}, method {args.method}, {len(train)} training clips, "
+          f"{0 if eval_data is None else len(eval_data)} eval clips of {clip_seconds} s")
+    os.makedirs(args.output_dir, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".checkpoints-", dir=args.output_dir)
+    try:
+        if family == "musicgen":
+            result = _train_musicgen(base, train, eval_data, args, scratch)
+        else:
+            result = _train_audioldm2(base, train, eval_data, args, clip_seconds)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = {
+        "arguments": asdict(args),
+        "family": family,
+        "train_clips": len(train),
+        "eval_clips": 0 if eval_data is None else len(eval_data),
+        "clip_seconds": clip_seconds,
+        **result,
+        "seconds": round(time.time() - started, 1),
+    }
+    summary["summary_file"] = write_summary(summary, args.output_dir)
+    return summary
+
+
+def _audioldm2_clip_seconds() -> float:
+    from .training.diffusion import DiffusionTrainingArguments
+
+    return float(DiffusionTrainingArguments().audio_length_s)
+
+
+def format_summary(summary: dict) -> str:
+    """The few lines ``musicpeft train`` prints at the end."""
+
+    def num(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4f}"
+
+    lines = [f"Trainable parameters: {summary['trainable_parameters']:,} ({summary['arguments']['method']})",
+             f"Steps: {summary['steps']}, last training loss {num(summary['train_loss'])}"]
+    if "eval_cross_entropy_before" in summary:
+        lines.append(f"Eval token cross-entropy: {num(summary['eval_cross_entropy_before'])} (base) -> "
+                     f"{num(summary['eval_cross_entropy_after'])} (trained)")
+    else:
+        lines.append(f"Eval denoising loss: {num(summary['eval_loss_before'])} (base) -> "
+                     f"{num(summary['eval_loss_after'])} (trained)")
+    lines.append(f"Saved: {summary['adapter_dir']}; summary: {summary['summary_file']}. Took {summary['seconds']} s.")
+    return "\n".join(lines)

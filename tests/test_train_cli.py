@@ -1,0 +1,92 @@
+"""`musicpeft train`: tiny bases, rendered or folder data, a few steps, then the saved adapter loads."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import musicpeft
+from musicpeft.cli import main
+from musicpeft.generation import load_base
+from musicpeft.train_cli import TrainArguments
+
+FAST = ["--clip-seconds", "1", "--max-steps", "2", "--batch-size", "2", "--num-virtual-tokens", "4", "--lora-r", "2"]
+
+
+def train(tmp_path, *extra: str) -> dict:
+    out = tmp_path / "adapter"
+    assert main(["train", "--output-dir", str(out), *FAST, *extra]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no scratch checkpoints or temp files
+    return summary
+
+
+def assert_finite(summary: dict, *keys: str) -> None:
+    for key in ("train_loss", *keys):
+        assert isinstance(summary[key], float) and math.isfinite(summary[key]), (key, summary[key])
+
+
+def test_soft_prompt_on_tiny_musicgen(tmp_path):
+    summary = train(tmp_path, "--base", "tiny-musicgen", "--data", "rendered:107:5", "--eval-fraction", "0.2")
+    assert (summary["family"], summary["train_clips"], summary["eval_clips"], summary["steps"]) == ("musicgen", 4, 1, 2)
+    assert summary["trainable_parameters"] > 0
+    assert_finite(summary, "eval_cross_entropy_before", "eval_cross_entropy_after", "best_eval_loss")
+    base = load_base("tiny-musicgen", "cpu")
+    model = musicpeft.load_adapter(base.model, summary["adapter_dir"])
+    assert model.peft_config["default"].num_virtual_tokens == 4
+
+
+def test_lora_preset_on_tiny_musicgen_from_a_folder(tmp_path):
+    data = tmp_path / "clips"
+    data.mkdir()
+    rate = 32000
+    for i in range(3):
+        tone = 0.3 * np.sin(2 * np.pi * 220 * (i + 1) * np.arange(rate) / rate).astype(np.float32)
+        sf.write(data / f"{i}.wav", tone, rate)
+    records = [{"path": f"{i}.wav", "description": f"tone {i}"} for i in range(3)]
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = train(tmp_path, "--base", "tiny-musicgen", "--data", str(data), "--method", "lora:attn",
+                    "--eval-fraction", "0.3")
+    assert (summary["train_clips"], summary["eval_clips"]) == (2, 1)
+    assert_finite(summary, "eval_cross_entropy_before", "eval_cross_entropy_after")
+    model = musicpeft.load_adapter(load_base("tiny-musicgen", "cpu").model, summary["adapter_dir"])
+    assert model.peft_config["default"].r == 2
+
+
+def test_soft_prompt_on_tiny_audioldm2_then_generate(tmp_path):
+    summary = train(tmp_path, "--base", "tiny-audioldm2", "--data", "rendered:107:3", "--clip-seconds", "1.28",
+                    "--eval-fraction", "0.34")
+    assert (summary["family"], summary["steps"]) == ("audioldm2", 2)
+    assert_finite(summary, "eval_loss_before", "eval_loss_after")
+    pipe = load_base("tiny-audioldm2", "cpu").model
+    musicpeft.load_adapter(pipe, summary["adapter_dir"])
+    audio = pipe(["classical music"], num_inference_steps=2, audio_length_in_s=1.28,
+                 generator=torch.Generator().manual_seed(0)).audios
+    assert audio.shape[0] == 1 and np.isfinite(audio).all()
+
+
+def test_unknown_method_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown 'adapterx'.*soft_prompt, lora:<preset>, full.*attn_mlp"):
+        main(["train", "--base", "tiny-musicgen", "--data", "rendered:107:4", "--method", "adapterx"])
+    with pytest.raises(ValueError, match=r"unknown LoRA preset 'qkv' for musicgen; known presets: lora:self_attn"):
+        main(["train", "--base", "tiny-musicgen", "--data", "rendered:107:4", "--method", "lora:qkv",
+              "--output-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("data", ["rendered:107", "rendered:300:2", "no-such-folder"])
+def test_bad_data_spec_is_refused_before_loading(tmp_path, data):
+    with pytest.raises((ValueError, FileNotFoundError), match="rendered:<program>:<n>"):
+        main(["train", "--base", "tiny-musicgen", "--data", data, "--output-dir", str(tmp_path / "x")])
+
+
+def test_folder_without_metadata_and_bad_numbers(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metadata.jsonl"):
+        main(["train", "--base", "tiny-musicgen", "--data", str(tmp_path)])
+    with pytest.raises(ValueError, match="eval_fraction must be in"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:4", eval_fraction=1.0)
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:4", max_steps=0)
