@@ -13,6 +13,7 @@ from torch import nn
 
 from ... import concepts
 from ...families import TextEncoderSlot
+from ..strict_loading import require_complete
 from .components import Layout, base_fingerprint, layout_of
 from .config import placeholder
 from .layer import ConceptEmbeddingLayer, TokenTable
@@ -241,6 +242,7 @@ class ConceptIdentifierModel(BaseTuner):
             key = f"{primary}.concept_embeddings.{adapter_name}"
             if key in out:
                 out[f"{alias}.concept_embeddings.{adapter_name}"] = out[key]
+        require_complete(model, adapter_name, out, state_dict)
         return out
 
     # -- merging and unloading --

@@ -11,6 +11,7 @@ from torch import nn
 from ..concept_identifier.components import Layout, layout_of
 from ..concept_identifier.layer import ConceptEmbeddingLayer
 from ..concept_identifier.model import ConceptIdentifierModel
+from ..strict_loading import require_complete
 from .layer import DENSE, MASK, SPARSE, PivotalLinear
 from .selection import Selection, count, random_percent, top_percent, union
 
@@ -137,4 +138,6 @@ class PivotalMaskModel(ConceptIdentifierModel):
                 indices = state_dict.get(key, state_dict.get(key.removeprefix("base_model.model.")))
                 if indices is not None:
                     module.set_selection(adapter_name, indices)
-        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        require_complete(model, adapter_name, remapped, state_dict)
+        return remapped

@@ -16,6 +16,7 @@ from ...families import (
     get_family,
     get_submodule,
 )
+from ..strict_loading import require_complete
 from .layer import CHILD_NAME, SoftPromptLayer
 
 
@@ -158,17 +159,7 @@ class SoftMusicPromptModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """peft only warns about missing adapter weights; a prompt left at its initial value is an error here."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        expected = [
-            f"{name}.soft_prompt_embeddings.{adapter_name}"
-            for name, module in model.named_modules()
-            if isinstance(module, SoftPromptLayer) and adapter_name in module.soft_prompt_embeddings
-        ]
-        missing = [key for key in expected if key not in remapped]
-        if missing:
-            raise ValueError(
-                f"The adapter weights hold no soft prompt for {', '.join(missing)}; found keys: "
-                f"{', '.join(sorted(state_dict)) or 'none'}. The file does not belong to this adapter config."
-            )
+        require_complete(model, adapter_name, remapped, state_dict)
         return remapped
 
     @torch.no_grad()
