@@ -16,3 +16,16 @@ def musicgen_logits(model, inputs):
     decoder_input_ids = torch.arange(24).reshape(8, 3) % 64
     with torch.no_grad():
         return model(**inputs, decoder_input_ids=decoder_input_ids).logits
+
+
+def train_steps(model, batch, labels, steps: int, lr: float):
+    """AdamW on whatever requires grad, `steps` times on one fixed batch; returns (losses, optimizer)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses, optimizer

@@ -9,7 +9,7 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_musicgen, tiny_musicgen_processor
+from fixtures import tiny_musicgen, tiny_musicgen_processor, train_steps
 from safetensors.torch import load_file
 
 import musicpeft
@@ -36,12 +36,7 @@ def labels(n: int, seed: int) -> torch.Tensor:
 
 
 def train(peft_model, batch, target, steps: int = 3, lr: float = 1e-2) -> torch.optim.Optimizer:
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
-    for _ in range(steps):
-        peft_model(**batch, labels=target).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return optimizer
+    return train_steps(peft_model, batch, target, steps=steps, lr=lr)[1]
 
 
 def logits(model, inputs):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from fixtures import make_t5_tokenizer, tiny_musicgen, tiny_musicgen_processor
+from fixtures import make_t5_tokenizer, tiny_musicgen, tiny_musicgen_processor, train_steps
 from peft import PeftConfig, PeftModel, PeftType, get_peft_model
 
 import musicpeft
@@ -57,14 +57,7 @@ def test_training_lowers_loss_and_keeps_base_bit_identical(batch):
     model = tiny_musicgen()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     pm = get_peft_model(model, SoftMusicPromptConfig(num_virtual_tokens=8))
-    optimizer = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=0.5)
-    losses = []
-    for _ in range(15):
-        loss = pm(**inputs, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses, _ = train_steps(pm, inputs, labels, steps=15, lr=0.5)
     assert losses[-1] < losses[0] - 0.05, losses
     unloaded = pm.unload()
     for key, value in unloaded.state_dict().items():
@@ -271,5 +264,7 @@ def test_weights_file_without_the_prompt_is_an_error(tmp_path):
 
     get_peft_model(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=3)).save_pretrained(tmp_path)
     save_file({"base_model.model.text_encoder.other": torch.zeros(3, 32)}, tmp_path / "adapter_model.safetensors")
-    with pytest.raises(ValueError, match="lack .*text_encoder.soft_prompt.soft_prompt_embeddings.default; the file holds: .*other"):
+    with pytest.raises(
+        ValueError, match="lack .*text_encoder.soft_prompt.soft_prompt_embeddings.default; the file holds: .*other"
+    ):
         PeftModel.from_pretrained(tiny_musicgen(), tmp_path)
