@@ -127,13 +127,14 @@ def _guess_component(folder: str, family: ModelFamily) -> str:
     return family.extra["adapted_component"]
 
 
-def _active_prompt_layers(pipe: Any) -> list[Any]:
-    from ..tuners.soft_prompt import SoftPromptLayer
+def _prompt_layers(peft_model: PeftModel) -> list[Any]:
+    """The soft-prompt layers of a component's adapter (none for other methods)."""
+    prompt_layers = getattr(peft_model.base_model, "prompt_layers", None)
+    return prompt_layers() if prompt_layers is not None else []
 
-    layers = []
-    for peft_model in _components(pipe).values():
-        layers += [m for m in peft_model.modules() if isinstance(m, SoftPromptLayer)]
-    return layers
+
+def _active_prompt_layers(pipe: Any) -> list[Any]:
+    return [layer for peft_model in _components(pipe).values() for layer in _prompt_layers(peft_model)]
 
 
 @contextlib.contextmanager
@@ -191,11 +192,7 @@ class _PromptedEncodePrompt:
         """(tokenizer attribute, prompt layer) of the slot whose token mask flows downstream (T5)."""
         slot = self.family.text_encoder(self.family.extra.get("masked_text_encoder", "t5"))
         component = _components(self.pipe).get(slot.component)
-        if component is None:
-            return None
-        from ..tuners.soft_prompt import SoftPromptLayer
-
-        layers = [m for m in component.modules() if isinstance(m, SoftPromptLayer)]
+        layers = _prompt_layers(component) if component is not None else []
         return (slot.tokenizer, layers[0]) if layers else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

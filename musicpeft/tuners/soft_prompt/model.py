@@ -90,6 +90,7 @@ class SoftMusicPromptModel(BaseTuner):
                 f"{type(target).__name__}."
             )
         layer = SoftPromptLayer.attach(target, adapter_name, peft_config, insert_at=self._insert_at)
+        self._layers = [*getattr(self, "_layers", []), layer]
         if adapter_name not in self.active_adapters:
             layer.requires_grad_(False)
 
@@ -97,8 +98,13 @@ class SoftMusicPromptModel(BaseTuner):
         if getattr(self, "_mask_hook", None) is None:
             self._mask_hook = model.register_forward_pre_hook(self._extend_mask, with_kwargs=True)
 
-    def _prompt_layers(self) -> list[SoftPromptLayer]:
-        return [m for m in self.model.modules() if isinstance(m, SoftPromptLayer)]
+    def prompt_layers(self) -> list[SoftPromptLayer]:
+        """The prompt layers this tuner attached (kept as a list: the mask hook reads it on every forward)."""
+        return list(getattr(self, "_layers", []))
+
+    def _detach(self, layer: SoftPromptLayer) -> None:
+        layer.detach()
+        self._layers = [other for other in self._layers if other is not layer]
 
     def _extend_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Grow the model-level attention mask to the text encoder's (prompted) output length."""
@@ -106,7 +112,7 @@ class SoftMusicPromptModel(BaseTuner):
         mask = kwargs.get(mask_kwarg)
         if mask is None:
             return None
-        layers = self._prompt_layers()
+        layers = self.prompt_layers()
         extra = sum(sum(layer.num_active_tokens()) for layer in layers)
         if extra == 0:
             return None
@@ -141,18 +147,18 @@ class SoftMusicPromptModel(BaseTuner):
     def unload(self) -> nn.Module:
         """The base model as it was: prompt layers and hooks removed, every base weight untouched."""
         self._remove_mask_hook()
-        for layer in self._prompt_layers():
-            layer.detach()
+        for layer in self.prompt_layers():
+            self._detach(layer)
         if hasattr(self.model, "peft_config"):
             del self.model.peft_config
         return self.model
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        for layer in self._prompt_layers():
+        for layer in self.prompt_layers():
             if not layer.soft_prompt_embeddings:
-                layer.detach()
-        if not self._prompt_layers():
+                self._detach(layer)
+        if not self.prompt_layers():
             self._remove_mask_hook()
 
     @classmethod
@@ -165,7 +171,7 @@ class SoftMusicPromptModel(BaseTuner):
     @torch.no_grad()
     def prompt_embeddings(self, adapter_name: str = "default") -> torch.Tensor:
         """The learned prompt vectors of an adapter, `[num_virtual_tokens, width]`."""
-        for layer in self._prompt_layers():
+        for layer in self.prompt_layers():
             if adapter_name in layer.soft_prompt_embeddings:
                 return layer.soft_prompt_embeddings[adapter_name].detach().clone()
         raise KeyError(f"No soft prompt named {adapter_name!r}.")
