@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -73,11 +72,30 @@ def add_adapter(pipe: Any, config: Any, adapter_name: str, family: ModelFamily) 
         peft_model = get_peft_model(getattr(pipe, component), config, adapter_name=adapter_name)
         peft_models[component] = peft_model
     _PromptedEncodePrompt.install(pipe, family)
+    freeze_unadapted(pipe)
     return peft_model
 
 
+def freeze_unadapted(pipe: Any) -> None:
+    """Only adapters train: freeze every parameter of the pipeline that no peft model holds.
+
+    peft freezes the base of the component it wraps; the pipeline's other components (VAE, U-Net, GPT2,
+    ...) would otherwise keep `requires_grad=True` and train, or take optimizer memory, by accident.
+    """
+    from ..concepts import pipeline_peft_model
+
+    peft_models = [*_components(pipe).values(), pipeline_peft_model(pipe)]
+    adapted = {id(p) for peft_model in peft_models if peft_model is not None for p in peft_model.parameters()}
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            for param in module.parameters():
+                if id(param) not in adapted:
+                    param.requires_grad_(False)
+
+
 def save_adapter(pipe: Any, directory: str, adapter_name: str, family: ModelFamily) -> None:
-    from ..api import save_peft_adapter, write_manifest
+    from ..api import manifest_payload, write_peft_adapter
+    from ..atomic_folder import write_folder_atomically
 
     saved = {
         component: component
@@ -86,20 +104,26 @@ def save_adapter(pipe: Any, directory: str, adapter_name: str, family: ModelFami
     }
     if not saved:
         raise ValueError(f"This pipeline has no adapter named {adapter_name!r}; attach one with musicpeft.add_adapter.")
-    for component in saved:
-        save_peft_adapter(_components(pipe)[component], os.path.join(directory, component), adapter_name)
-    write_manifest(directory, family.name, saved)
+
+    def write(folder: str) -> None:
+        for component in saved:
+            write_peft_adapter(_components(pipe)[component], os.path.join(folder, component), adapter_name)
+        with open(os.path.join(folder, MANIFEST_NAME), "w") as handle:
+            handle.write(manifest_payload(family.name, saved))
+
+    write_folder_atomically(directory, write)
 
 
 def load_adapter(
     pipe: Any, folder: str, adapter_name: str, family: ModelFamily, *, is_trainable: bool, allow_pickle: bool
 ) -> Any:
-    from ..api import read_manifest
+    """Load every component's adapter; callers undo everything if any part is refused (`rollback`)."""
+    from ..api import attach_from_folder, read_manifest
 
     manifest = read_manifest(folder, family)
     components = manifest["components"] if manifest else {_guess_component(folder, family): "."}
     for component, subfolder in components.items():
-        if not hasattr(pipe, component):
+        if not isinstance(getattr(pipe, component, None), torch.nn.Module):
             raise AdapterFileError(f"{folder}: adapts component {component!r}, which this pipeline does not have.")
         check_local_adapter_folder(os.path.join(folder, subfolder), allow_pickle=allow_pickle)
     _prepare(pipe, family)
@@ -108,22 +132,29 @@ def load_adapter(
         for component, subfolder in components.items():
             path = os.path.join(folder, subfolder)
             if component in peft_models:
-                peft_models[component].load_adapter(path, adapter_name, is_trainable=is_trainable)
-                peft_models[component].set_adapter(adapter_name)
+                attach_from_folder(
+                    getattr(pipe, component), path, adapter_name, is_trainable=is_trainable,
+                    peft_model=peft_models[component],
+                )
+                peft_models[component].set_adapter(adapter_name, inference_mode=not is_trainable)
             else:
-                peft_models[component] = PeftModel.from_pretrained(
-                    getattr(pipe, component), path, adapter_name=adapter_name, is_trainable=is_trainable
+                peft_models[component] = attach_from_folder(
+                    getattr(pipe, component), path, adapter_name, is_trainable=is_trainable
                 )
     _PromptedEncodePrompt.install(pipe, family)
+    if is_trainable:
+        freeze_unadapted(pipe)
     return pipe
 
 
 def _guess_component(folder: str, family: ModelFamily) -> str:
     """A plain peft folder (no manifest): soft prompts name their text encoder; the rest adapt the family's."""
-    with open(os.path.join(folder, "adapter_config.json")) as handle:
-        config = json.load(handle)
-    if config.get("peft_type") == "SOFT_MUSIC_PROMPT":
-        return family.text_encoder(config.get("text_encoder")).component
+    from ..adapter_files import read_adapter_config
+    from ..tuners.soft_prompt import SoftMusicPromptConfig
+
+    config = read_adapter_config(folder)
+    if isinstance(config, SoftMusicPromptConfig):
+        return family.text_encoder(config.text_encoder).component
     return family.extra["adapted_component"]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from peft.config import PeftConfig
 
+from ...adapter_files import LOAD_HINT, SAFETENSORS_NAME
 from ...registration import add_peft_type
 
 SOFT_MUSIC_PROMPT = add_peft_type("SOFT_MUSIC_PROMPT")
@@ -73,6 +75,37 @@ class SoftMusicPromptConfig(PeftConfig):
     token_dim: int | None = field(
         default=None, metadata={"help": "Width of the text encoder the prompt feeds; filled in when attached."}
     )
+    requires: str = field(
+        default=f"musicpeft ({LOAD_HINT} before loading with peft)",
+        metadata={"help": "Not read by any code: tells whoever opens adapter_config.json what loads this adapter."},
+    )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
+        """peft's loader, plus the weights file's header: the tuner checks the config against it before allocating.
+
+        A config that claims `num_virtual_tokens=10**9` would otherwise allocate that prompt before peft
+        reads the (small) weights file and finds that it does not fit.
+        """
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        path = os.path.join(folder, SAFETENSORS_NAME)
+        if not os.path.isfile(path):
+            path = _cached_weights(pretrained_model_name_or_path, subfolder, kwargs)
+        if path is not None:
+            from ...adapter_files import read_safetensors_header
+
+            config.bind_weights_header(path, read_safetensors_header(path))
+        return config
+
+    def bind_weights_header(self, path: str, header: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        """Remember the weights file this config came with (consumed by the tuner when it attaches)."""
+        self._weights_header = (path, header)
+
+    def take_weights_header(self) -> tuple[str, dict] | None:
+        """The bound weights header, once: a config reused for a new adapter is not checked against an old file."""
+        bound = self.__dict__.pop("_weights_header", None)
+        return bound
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,3 +120,16 @@ class SoftMusicPromptConfig(PeftConfig):
             raise ValueError("init='text' needs both init_text and tokenizer_name_or_path.")
         if self.token_dim is not None and self.token_dim <= 0:
             raise ValueError(f"token_dim must be positive, got {self.token_dim!r}.")
+
+
+def _cached_weights(repo_id: str, subfolder: str | None, kwargs: dict[str, Any]) -> str | None:
+    """The weights file of a Hub adapter if it is already in the local cache (nothing is downloaded here)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    filename = f"{subfolder}/{SAFETENSORS_NAME}" if subfolder else SAFETENSORS_NAME
+    try:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=kwargs.get("cache_dir"),
+                                       revision=kwargs.get("revision"))
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None

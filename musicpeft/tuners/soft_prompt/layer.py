@@ -112,6 +112,22 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         if getattr(self._encoder, CHILD_NAME, None) is self:
             delattr(self._encoder, CHILD_NAME)
 
+    def get_base_layer(self) -> nn.Module:
+        """The encoder's input embeddings: the prompt sits beside them (peft reads device and dtype here).
+
+        The layer wraps no module, so peft's default (follow `base_layer` attributes) would recurse forever.
+        """
+        return self._encoder.get_input_embeddings()
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Move a prompt to the embeddings' device (not their dtype: prompts stay float32, as peft autocasts)."""
+        table = self.get_base_layer().weight
+        target = device if device is not None else (None if table.device.type == "meta" else table.device)
+        param = self.soft_prompt_embeddings[adapter_name] if adapter_name in self.soft_prompt_embeddings else None
+        if target is None or param is None or param.device.type == "meta":
+            return
+        param.data = param.data.to(target)
+
     @property
     def token_dim(self) -> int:
         return self._encoder.get_input_embeddings().weight.shape[1]

@@ -16,8 +16,29 @@ from ...families import (
     get_family,
     get_submodule,
 )
-from ..strict_loading import require_complete
+from ..strict_loading import check_checkpoint, require_complete
 from .layer import CHILD_NAME, SoftPromptLayer
+
+
+def check_weights_file(weights_path: str, header: dict, *, path: str, shape: tuple[int, int]) -> None:
+    """Refuse a weights file that does not hold exactly this prompt, before anything is attached or allocated.
+
+    Keys and shapes come from the safetensors header (no tensor read); then the one prompt tensor, whose
+    size is now known to be the config's, is read and checked for NaN/Inf.
+    """
+    from safetensors import safe_open
+
+    from ...adapter_files import AdapterFileError, check_tensor_values
+
+    key = f"base_model.model.{path}.{CHILD_NAME}.soft_prompt_embeddings"
+    found = {k if k.startswith("base_model.model.") else f"base_model.model.{k}": v for k, v in header.items()}
+    try:
+        check_checkpoint({key: torch.empty(shape, device="meta")}, found, weights_path)
+    except ValueError as err:
+        raise AdapterFileError(str(err)) from None
+    name = key if key in header else key.removeprefix("base_model.model.")
+    with safe_open(weights_path, framework="pt") as handle:
+        check_tensor_values({name: handle.get_tensor(name)}, weights_path)
 
 
 class SoftMusicPromptModel(BaseTuner):
@@ -52,6 +73,9 @@ class SoftMusicPromptModel(BaseTuner):
         config.token_dim = width
         config.target_modules = path
         self._insert_at = slot.prompt_insert_at
+        bound = config.take_weights_header() if hasattr(config, "take_weights_header") else None
+        if bound is not None:
+            check_weights_file(*bound, path=path, shape=(config.num_virtual_tokens, width))
         return config
 
     def _resolve_target(self, config: Any) -> tuple[ModelFamily, TextEncoderSlot, str]:
