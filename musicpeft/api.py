@@ -109,6 +109,7 @@ def add_adapter(model_or_pipe: Any, config: PeftConfig, adapter_name: str = "def
     if _is_pipeline(family) and concepts.is_concept_adapter(config):
         peft_model = concepts.add_pipeline_adapter(model_or_pipe, config, adapter_name)
         pipeline_adapters.freeze_unadapted(model_or_pipe)
+        pipeline_adapters.protect_save_pretrained(model_or_pipe)
         return peft_model
     if _is_pipeline(family):
         return pipeline_adapters.add_adapter(model_or_pipe, config, adapter_name, family)
@@ -289,9 +290,11 @@ def load_adapter(
 def _load(model_or_pipe: Any, folder: str, adapter_name: str, family: ModelFamily, is_trainable: bool,
           allow_pickle: bool, kwargs: dict[str, Any]) -> Any:
     if _is_pipeline(family) and not kwargs and concepts.is_concept_adapter(folder):
-        return concepts.load_pipeline_adapter(
+        loaded = concepts.load_pipeline_adapter(
             model_or_pipe, folder, adapter_name, is_trainable=is_trainable, allow_pickle=allow_pickle
         )
+        pipeline_adapters.protect_save_pretrained(model_or_pipe)
+        return loaded
     if _is_pipeline(family):
         if kwargs:
             raise TypeError(f"load_adapter got unexpected arguments for a {family.name} pipeline: {', '.join(kwargs)}.")

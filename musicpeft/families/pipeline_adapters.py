@@ -72,6 +72,7 @@ def add_adapter(pipe: Any, config: Any, adapter_name: str, family: ModelFamily) 
         peft_model = get_peft_model(getattr(pipe, component), config, adapter_name=adapter_name)
         peft_models[component] = peft_model
     _PromptedEncodePrompt.install(pipe, family)
+    protect_save_pretrained(pipe)
     freeze_unadapted(pipe)
     return peft_model
 
@@ -142,6 +143,7 @@ def load_adapter(
                     getattr(pipe, component), path, adapter_name, is_trainable=is_trainable
                 )
     _PromptedEncodePrompt.install(pipe, family)
+    protect_save_pretrained(pipe)
     if is_trainable:
         freeze_unadapted(pipe)
     return pipe
@@ -203,6 +205,39 @@ def _tokenizer_extends_mask(pipe: Any, attribute: str, layer: Any) -> Iterator[N
         yield
     finally:
         object.__setattr__(pipe, attribute, tokenizer)
+
+
+class _RefusedSavePretrained:
+    """`pipe.save_pretrained` of a pipeline carrying musicpeft adapters: refused, with what to do instead.
+
+    diffusers would write the adapter's tensors into the component files (the soft prompt into T5's
+    weights, LoRA's `base_layer` names into the U-Net's), and `from_pretrained` would then drop or
+    misread them without a word, giving back a different model than the one saved.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    @classmethod
+    def install(cls, pipe: Any) -> None:
+        if not isinstance(pipe.__dict__.get("save_pretrained"), cls):
+            object.__setattr__(pipe, "save_pretrained", cls(pipe))
+
+    def __call__(self, save_directory: Any = None, *args: Any, **kwargs: Any) -> None:
+        from ..concepts import pipeline_peft_model
+
+        adapted = sorted(_components(self.pipe)) + (["concept adapter"] if pipeline_peft_model(self.pipe) else [])
+        raise RuntimeError(
+            f"This {type(self.pipe).__name__} carries musicpeft adapters ({', '.join(adapted)}); save_pretrained "
+            "would write them into the component weights and from_pretrained would silently drop them. Save the "
+            "adapter with musicpeft.save_adapter(pipe, folder), keep the base pipeline as it was saved, and "
+            "reload with musicpeft.load_adapter(base_pipe, folder)."
+        )
+
+
+def protect_save_pretrained(pipe: Any) -> None:
+    """Make `pipe.save_pretrained` refuse while the pipeline carries adapters (see `_RefusedSavePretrained`)."""
+    _RefusedSavePretrained.install(pipe)
 
 
 class _PromptedEncodePrompt:

@@ -88,6 +88,8 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         self.soft_prompt_position: dict[str, str] = {}
         self.merged_adapters = []
         self._disable_adapters = False
+        # Set for a pipeline component whose mask flows on (AudioLDM2's T5): a text-only mask is then refused.
+        self.caller_mask_must_grow: str | None = None
         # Not a submodule: the encoder owns this layer, not the other way round.
         object.__setattr__(self, "_encoder", encoder)
         self._signature = inspect.signature(encoder.forward)
@@ -194,6 +196,14 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         attention_mask = call.get("attention_mask")
         text_len = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
         if attention_mask is not None and attention_mask.shape[1] == text_len:
+            if self.caller_mask_must_grow is not None:
+                raise RuntimeError(
+                    f"The {self.caller_mask_must_grow} text encoder carries a soft prompt of {n_in + n_out} "
+                    f"tokens, but was called with a mask for the {text_len} text tokens alone; the pipeline passes "
+                    "that mask on, so generation would fail or ignore the prompt. Load the adapter onto the whole "
+                    "pipeline with musicpeft.load_adapter(pipe, folder) (not PeftModel.from_pretrained on the "
+                    "component), or pass a mask that already covers the prompt positions."
+                )
             attention_mask = self.extend_attention_mask(attention_mask)
         elif attention_mask is not None and attention_mask.shape[1] != text_len + n_in + n_out:
             raise ValueError(

@@ -61,6 +61,11 @@ class SoftMusicPromptModel(BaseTuner):
         `base_family` + `text_encoder` in the config; then the slot's `component_inner_module` is wrapped.
         """
         family, slot, path = self._resolve_target(config)
+        # A pipeline component adapted alone (AudioLDM2's T5) whose token mask the pipeline passes on: the
+        # pipeline must grow that mask, which only musicpeft's pipeline wrapper does (see SoftPromptLayer).
+        component = path != slot.module and slot.path_in_component == path
+        masked = family.extra.get("masked_text_encoder", "t5") == slot.name and "t5_mask_flow" in family.extra
+        self._caller_mask_must_grow = f"{family.name} {slot.component}" if component and masked else None
         encoder = get_submodule(self.model, path)
         width = encoder.get_input_embeddings().weight.shape[1]
         if config.token_dim is not None and config.token_dim != width:
@@ -114,6 +119,7 @@ class SoftMusicPromptModel(BaseTuner):
                 f"{type(target).__name__}."
             )
         layer = SoftPromptLayer.attach(target, adapter_name, peft_config, insert_at=self._insert_at)
+        layer.caller_mask_must_grow = getattr(self, "_caller_mask_must_grow", None)
         self._layers = [*getattr(self, "_layers", []), layer]
         if adapter_name not in self.active_adapters:
             layer.requires_grad_(False)
