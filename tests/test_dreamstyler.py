@@ -147,3 +147,56 @@ def test_arguments_parse_from_the_command_line():
     assert "--tuning_steps" in parser.format_help()
     (args,) = parser.parse_args_into_dataclasses(["--recipe", "cross_attn_kv", "--percent", "10", "--per_layer"])
     assert (args.recipe, args.percent, args.per_layer) == ("cross_attn_kv", 10.0, True)
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "token_learning_rate", "mask_learning_rate"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0])
+def test_non_finite_or_negative_learning_rates_are_refused(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0, got {value}"):
+        DreamStylerArguments(**{name: value})
+
+
+class _NanGradient(torch.autograd.Function):
+    """Zero in the forward pass, NaN in the backward pass: a gradient that diverged."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.sum() * 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full((1,), float("nan"))
+
+
+def test_nan_gradient_stops_before_the_update(monkeypatch):
+    from musicpeft.training import dreamstyler
+    from musicpeft.training.dreamstyler import NonFiniteTrainingError
+
+    model, processor = musicgen(), tiny_musicgen_processor()
+    real = dreamstyler._MusicgenBackend.loss
+
+    def loss(self, *args):
+        table = self.peft_model.base_model.model.text_encoder.shared.concept_embeddings["default"]
+        return real(self, *args) + _NanGradient.apply(table[0, :1])
+
+    monkeypatch.setattr(dreamstyler._MusicgenBackend, "loss", loss)
+    args = DreamStylerArguments(recipe="tokens_only", **SMALL)
+    with pytest.raises(NonFiniteTrainingError, match="tokens_only step 1/2: 1 of 1 gradient tensors hold NaN/Inf"):
+        train_dreamstyler(model, CONCEPTS, args, processor=processor)
+    table = model._musicpeft_peft_model.base_model.model.text_encoder.shared.concept_embeddings["default"]
+    assert torch.isfinite(table).all()
+
+
+def test_nan_loss_stops_before_any_update(monkeypatch):
+    from musicpeft.training import dreamstyler
+    from musicpeft.training.dreamstyler import NonFiniteTrainingError
+
+    model, processor = musicgen(), tiny_musicgen_processor()
+    real = dreamstyler._MusicgenBackend.loss
+    monkeypatch.setattr(dreamstyler._MusicgenBackend, "loss", lambda self, *a: real(self, *a) * float("nan"))
+    args = DreamStylerArguments(recipe="tokens_only", **SMALL)
+    with pytest.raises(NonFiniteTrainingError, match="tokens_only step 1/2: the loss is nan"):
+        train_dreamstyler(model, CONCEPTS, args, processor=processor)
+    peft_model = model._musicpeft_peft_model
+    table = peft_model.base_model.model.text_encoder.shared.concept_embeddings["default"]
+    assert torch.isfinite(table).all()

@@ -187,7 +187,7 @@ def test_save_load_and_merge_give_identical_outputs(run, tmp_path):
     kinds = sorted({k.rsplit(".", 1)[-1] for k in saved})
     assert kinds == ["concept_embeddings", "pivotal_delta", "pivotal_indices", "pivotal_values"]
     assert sum(v.numel() for k, v in saved.items() if k.endswith("pivotal_indices")) == run["config"].num_selected
-    assert saved[f"base_model.model.{SELF_V[0]}.pivotal_indices"].dtype == torch.int64
+    assert saved[f"base_model.model.{SELF_V[0]}.pivotal_indices"].dtype == torch.int32
 
     fresh = tiny_musicgen_processor()
     loaded = concepts.load_concept_adapter(musicgen(), folder, processor=fresh)
@@ -195,7 +195,8 @@ def test_save_load_and_merge_give_identical_outputs(run, tmp_path):
     assert torch.equal(logits(loaded, fresh_inputs), reference)
     merged = loaded.merge_and_unload()
     assert not any("pivotal" in n or "concept" in n for n, _ in merged.named_modules())
-    assert torch.equal(logits(merged, fresh_inputs), reference)
+    # The unmerged forward adds x @ ΔW^T to x @ W^T; the merged one multiplies by W + ΔW: equal up to rounding.
+    torch.testing.assert_close(logits(merged, fresh_inputs), reference, atol=1e-6, rtol=0)
 
 
 def test_merging_an_adapter_trained_on_another_base_is_refused(run, tmp_path):
@@ -302,3 +303,130 @@ def test_selection_files_and_union(tmp_path):
     save_selection(merged, tmp_path / "selection.safetensors")
     loaded = load_selection(tmp_path / "selection.safetensors")
     assert {k: v.tolist() for k, v in loaded.items()} == {k: v.tolist() for k, v in merged.items()}
+
+
+# -- the stage-2 forward: x @ W^T + x @ ΔW_sparse^T, never a kept W' --
+
+
+def _sparse_layer(rows: int = 48, cols: int = 64, percent: float = 5.0, bias: bool = True):
+    from musicpeft.tuners.pivotal_mask import PivotalLinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(cols, rows, bias=bias).requires_grad_(False)
+    selection = random_percent({"w": (rows, cols)}, percent, seed=3)["w"]
+    layer = PivotalLinear(base, "default", "sparse", selection)
+    with torch.no_grad():
+        layer.pivotal_values["default"].normal_()
+    layer.pivotal_values["default"].requires_grad_(True)
+    return layer, selection
+
+
+def _dense_reference(layer, x):
+    """The old forward: rebuild W' = W + ΔW, then one linear."""
+    import torch.nn.functional as F
+
+    weight = layer.base_layer.weight
+    merged = weight.reshape(-1).index_add(0, layer.pivotal_indices["default"].long(), layer.pivotal_values["default"])
+    return F.linear(x, merged.view_as(weight), layer.base_layer.bias)
+
+
+@pytest.mark.parametrize("shape", [(2, 1), (2, 500)], ids=["decoding", "training"])
+def test_sparse_forward_equals_the_dense_rebuild_and_trains_only_the_selection(shape):
+    layer, selection = _sparse_layer()
+    values = layer.pivotal_values["default"]
+    assert layer.pivotal_indices["default"].dtype == torch.int32
+    x = torch.randn(*shape, 64, requires_grad=True)
+    out = layer(x)
+    torch.testing.assert_close(out, _dense_reference(layer, x), atol=1e-6, rtol=0)
+    grad = torch.randn_like(out)
+    dx, dv = torch.autograd.grad(out, [x, values], grad)
+    ref_dx, ref_dv = torch.autograd.grad(_dense_reference(layer, x), [x, values], grad)
+    torch.testing.assert_close(dx, ref_dx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dv, ref_dv, atol=1e-5, rtol=1e-5)
+    assert dv.shape == (selection.numel(),) and not layer.base_layer.weight.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
+
+
+def test_sparse_forward_keeps_nothing_of_the_weights_size_for_backward():
+    layer, _ = _sparse_layer(rows=96, cols=128)
+    layer.base_layer.weight.requires_grad_(False)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    x = torch.randn(2, 100, 128, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum().backward()
+    weight = layer.base_layer.weight
+    kept = {t.data_ptr(): t for t in saved if t.data_ptr() not in (weight.data_ptr(), x.data_ptr())}
+    assert sum(t.numel() for t in kept.values()) < weight.numel() / 2  # the selection, not a 96x128 W'
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _dense_reference(layer, x).sum().backward()
+    kept = {t.data_ptr(): t for t in saved if t.data_ptr() not in (weight.data_ptr(), x.data_ptr())}
+    assert sum(t.numel() for t in kept.values()) >= weight.numel()  # the old path keeps W': the check can fail
+
+
+def test_selection_indices_are_checked():
+    from musicpeft.tuners.pivotal_mask import PivotalLinear
+
+    base = torch.nn.Linear(8, 4)
+    with pytest.raises(ValueError, match=r"\[3, 32\] fall outside a weight of 32 entries \(4, 8\)"):
+        PivotalLinear(base, "default", "sparse", torch.tensor([3, 32]))
+    with pytest.raises(ValueError, match="sorted and unique"):
+        PivotalLinear(base, "default", "sparse", torch.tensor([5, 2]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        PivotalLinear(base, "default", "sparse", torch.tensor([1.0, 2.0]))
+
+
+def test_adapter_files_with_int64_indices_still_load(run, tmp_path):
+    from safetensors.torch import save_file
+
+    peft_model, processor = run["peft_model"], run["processor"]
+    inputs = processor(text=["<koto> and <shamisen> duet"], return_tensors="pt", padding=True)
+    reference = logits(peft_model, inputs)
+    folder = _saved(run, tmp_path)
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(path)
+    old = {k: v.to(torch.int64) if k.endswith("pivotal_indices") else v for k, v in tensors.items()}
+    save_file(old, path, metadata={"format": "pt"})
+    fresh = tiny_musicgen_processor()
+    loaded = concepts.load_concept_adapter(musicgen(), folder, processor=fresh)
+    assert torch.equal(logits(loaded, fresh(text=["<koto> and <shamisen> duet"], return_tensors="pt")), reference)
+    assert loaded.base_model.selection_of("default")[SELF_V[0]].dtype == torch.int32
+
+
+def test_loading_a_random_selection_does_not_redraw_it(tmp_path, monkeypatch):
+    model, processor = musicgen(), tiny_musicgen_processor()
+    concepts.bind_processor(model, processor)
+    config = PivotalMaskConfig(concepts=["koto"], stage="tune", selection="random", percent=10)
+    peft_model = musicpeft.add_adapter(model, config)
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    selection = peft_model.base_model.selection_of("default")
+    inputs = processor(text=["a <koto> jig"], return_tensors="pt")
+    reference = logits(peft_model, inputs)
+    musicpeft.save_adapter(peft_model, tmp_path)
+
+    def no_permutation(*args, **kwargs):
+        raise AssertionError("the random selection was drawn again")
+
+    monkeypatch.setattr(torch, "randperm", no_permutation)
+    fresh = tiny_musicgen_processor()
+    loaded = concepts.load_concept_adapter(musicgen(), tmp_path, processor=fresh)
+    assert {k: v.tolist() for k, v in loaded.base_model.selection_of("default").items()} == {
+        k: v.tolist() for k, v in selection.items()
+    }
+    assert torch.equal(logits(loaded, fresh(text=["a <koto> jig"], return_tensors="pt")), reference)
+    # The same config object attached again reuses its selection (it does not come from a file then).
+    again = musicgen()
+    concepts.bind_processor(again, tiny_musicgen_processor())
+    reused = musicpeft.add_adapter(again, copy.deepcopy(config))
+    assert {k: v.tolist() for k, v in reused.base_model.selection_of("default").items()} == {
+        k: v.tolist() for k, v in selection.items()
+    }

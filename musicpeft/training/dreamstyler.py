@@ -96,6 +96,12 @@ class DreamStylerArguments:
         for name in ("mask_epochs", "tuning_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("learning_rate", "token_learning_rate", "mask_learning_rate", "weight_decay", "adam_epsilon"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a finite number > 0 (or None), got {self.max_grad_norm!r}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
 
@@ -259,7 +265,10 @@ def _run(backend: Any, accelerator: Any, groups: list[dict[str, Any]], rows: lis
     batches = _batches(rows, args.train_batch_size, rng)
     with _training_mode(backend.modules(), params):
         for step in range(1, steps + 1):
-            losses.append(_step(backend, accelerator, optimizer, params, next(batches), args))
+            try:
+                losses.append(_step(backend, accelerator, optimizer, params, next(batches), args))
+            except NonFiniteTrainingError as error:
+                raise NonFiniteTrainingError(f"{label} step {step}/{steps}: {error}") from None
             window.append(losses[-1])
             if step % args.logging_steps == 0 or step == steps:
                 logger.info("%s step %d/%d loss %.5f", label, step, steps, sum(window) / len(window))
@@ -267,20 +276,48 @@ def _run(backend: Any, accelerator: Any, groups: list[dict[str, Any]], rows: lis
     return losses, _optimizer_state_numel(optimizer)
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """Training produced a NaN/Inf loss, gradient or weight: stopped before it could be saved as an adapter."""
+
+
+_ADVICE = "lower the learning rates (learning_rate, token_learning_rate, mask_learning_rate) or check the audio"
+
+
 def _step(backend: Any, accelerator: Any, optimizer: Any, params: list[nn.Parameter], batch: list[dict[str, Any]],
           args: DreamStylerArguments) -> float:
+    """One optimizer step; a non-finite loss, gradient or updated weight stops training with a clear error.
+
+    Without the checks a diverged run (e.g. an absurd learning rate) ends "successfully" with NaN weights,
+    which are then saved and generate silence or noise.
+    """
     with accelerator.autocast():
         loss = backend.loss(batch, accelerator.device)
+    value = loss.detach().float().item()
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteTrainingError(f"the loss is {value}; training stopped ({_ADVICE}).")
     accelerator.backward(loss)
     if accelerator.num_processes > 1:  # modules are not DDP-wrapped (pipelines cannot be): average here
         for p in params:
             if p.grad is not None:
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
+    # With fp16 the gradient scaler expects occasional inf gradients and skips those steps itself.
+    if getattr(accelerator, "scaler", None) is None:
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        bad = [g for g in grads if not torch.isfinite(g).all()]
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteTrainingError(
+                f"{len(bad)} of {len(grads)} gradient tensors hold NaN/Inf; training stopped before the update "
+                f"({_ADVICE})."
+            )
     if args.max_grad_norm is not None:
         accelerator.clip_grad_norm_(params, args.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach().float().item()
+    if not all(bool(torch.isfinite(p.detach()).all()) for p in params):
+        raise NonFiniteTrainingError(f"the update made trained weights NaN/Inf; training stopped ({_ADVICE}).")
+    return value
 
 
 @contextlib.contextmanager

@@ -6,9 +6,15 @@
   state are the size of the selection, not of W_V.
 - `pivotal_delta[a]` (stage 2, cross-attention W_K and W_V): a dense delta, zero at the start.
 
-The effective weight is built by one function, used by `forward` and by `merge`, so a merged model
-computes exactly what the adapted model computed.
+The effective weight is built by one function (`effective_weight`), used by `merge` and by the general
+forward, so a merged model computes exactly what the adapted model computed.
+
+Stage 2 is the common case at inference and in training, and there the forward never builds W_V' = W_V + ΔW:
+it computes `base_layer(x) + x @ ΔW_sparse^T` (`sparse_ops.py`): a CSR matmul over the selection for few
+rows (decoding), or, for many rows (training, prefill), one fused op that builds W_V' only transiently and
+keeps nothing of W's size for backward. Indices are stored as int32.
 """
+
 
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from .sparse_ops import SparsePlan, index_dtype, sparse_delta_linear, sparse_matmul
 
 MASK, SPARSE, DENSE = "mask", "sparse", "dense"
 
@@ -41,6 +49,7 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
         self.pivotal_indices = BufferDict(persistent=True)
         self.merged_adapters = []
         self._premerge: list[tuple[list[str], torch.Tensor | None]] = []
+        self._plans: dict[str, SparsePlan] = {}
         self._disable_adapters = False
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, kind, indices)
@@ -49,13 +58,21 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
     def shape(self) -> tuple[int, int]:
         return tuple(self.base_layer.weight.shape)
 
+    def _adapter_device(self) -> torch.device:
+        """Where adapter tensors live: the base weight's device, or its execution device when it is offloaded."""
+        weight = self.base_layer.weight
+        if weight.device.type != "meta":
+            return weight.device
+        device = getattr(getattr(self.base_layer, "_hf_hook", None), "execution_device", None)
+        return torch.device(device) if device is not None else torch.device("cpu")
+
     def update_layer(self, adapter_name: str, kind: str, indices: torch.Tensor | None = None) -> None:
         weight = self.base_layer.weight
-        factory = {"device": weight.device, "dtype": torch.float32 if weight.dtype in _HALF else weight.dtype}
+        factory = {"device": self._adapter_device(), "dtype": torch.float32 if weight.dtype in _HALF else weight.dtype}
         if kind == MASK:
             self.pivotal_mask[adapter_name] = nn.Parameter(torch.ones(self.shape, **factory))
         elif kind == SPARSE:
-            indices = torch.zeros(0, dtype=torch.long) if indices is None else indices
+            indices = torch.zeros(0, dtype=torch.int32) if indices is None else indices
             self.set_selection(adapter_name, indices)
         elif kind == DENSE:
             self.pivotal_delta[adapter_name] = nn.Parameter(torch.zeros(self.shape, **factory))
@@ -64,20 +81,52 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters)
 
     def set_selection(self, adapter_name: str, indices: torch.Tensor) -> None:
-        """(Re)define which flat entries of W adapter `adapter_name` trains; their deltas restart at zero."""
+        """(Re)define which flat entries of W adapter `adapter_name` trains; their deltas restart at zero.
+
+        Indices must be sorted and unique (every selection function returns them so; the values of a saved
+        adapter are stored in that order). They are checked where they are (CPU, before any move), so an
+        offloaded base with weights on the meta device works too.
+        """
+        checked = self.check_indices(indices)
         weight = self.base_layer.weight
-        indices = indices.to(device=weight.device, dtype=torch.long).reshape(-1)
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= weight.numel()):
-            raise ValueError(f"Selected indices fall outside a weight of {weight.numel()} entries.")
+        device = self._adapter_device()
         dtype = torch.float32 if weight.dtype in _HALF else weight.dtype
-        self.pivotal_indices[adapter_name] = indices
+        self.pivotal_indices[adapter_name] = checked.to(device)
+        self._plans.pop(adapter_name, None)
         trainable = adapter_name in self.pivotal_values and self.pivotal_values[adapter_name].requires_grad
         self.pivotal_values[adapter_name] = nn.Parameter(
-            torch.zeros(indices.numel(), device=weight.device, dtype=dtype), requires_grad=trainable
+            torch.zeros(checked.numel(), device=device, dtype=dtype), requires_grad=trainable
         )
+
+    def check_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Flat indices as a 1-D int32 tensor (int64 for weights past 2**31 entries); refuses bad ones."""
+        numel = self.base_layer.weight.numel()
+        if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise TypeError(f"Selected indices must be an integer tensor, got {getattr(indices, 'dtype', indices)}.")
+        flat = indices.detach().reshape(-1)
+        if flat.device.type == "meta":
+            raise ValueError("Selected indices are on the meta device; pass real indices (e.g. from the file).")
+        if flat.numel():
+            low, high = int(flat.min()), int(flat.max())
+            if low < 0 or high >= numel:
+                raise ValueError(
+                    f"Selected indices [{low}, {high}] fall outside a weight of {numel} entries {self.shape}."
+                )
+            if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+                raise ValueError("Selected indices must be sorted and unique (flat, row-major).")
+        return flat.to(index_dtype(numel))
 
     def num_selected(self, adapter_name: str) -> int:
         return int(self.pivotal_indices[adapter_name].numel()) if adapter_name in self.pivotal_indices else 0
+
+    def _plan(self, adapter_name: str) -> SparsePlan:
+        """Row/column structure of a selection, rebuilt only when the indices change (e.g. a load)."""
+        indices = self.pivotal_indices[adapter_name]
+        plan = self._plans.get(adapter_name)
+        if plan is None or not plan.matches(indices):
+            plan = SparsePlan.build(indices, self.shape)
+            self._plans[adapter_name] = plan
+        return plan
 
     # -- the one definition of the adapted weight --
     def effective_weight(self, adapter_names: list[str]) -> torch.Tensor:
@@ -87,7 +136,7 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
                 weight = weight * self.pivotal_mask[name].to(weight.dtype)
             if name in self.pivotal_values:
                 values = self.pivotal_values[name].to(weight.dtype)
-                weight = weight.reshape(-1).index_add(0, self.pivotal_indices[name], values).view_as(weight)
+                weight = weight.reshape(-1).index_add(0, self._plan(name).flat, values).view_as(weight)
             if name in self.pivotal_delta:
                 weight = weight + self.pivotal_delta[name].to(weight.dtype)
         return weight
@@ -104,7 +153,28 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
         names = [n for n in self._names(None) if n not in self.merged_adapters]
         if not names:
             return self.base_layer(x, *args, **kwargs)
-        return F.linear(x, self.effective_weight(names), self.base_layer.bias)
+        if len(names) == 1 and names[0] in self.pivotal_values:
+            return self._sparse_forward(x, names[0], *args, **kwargs)
+        with self._materialized():
+            return F.linear(x, self.effective_weight(names), self.base_layer.bias)
+
+    def _sparse_forward(self, x: torch.Tensor, name: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """`x @ (W + ΔW_sparse)^T + b` without keeping a W-sized tensor.
+
+        Few rows (decoding): `base_layer(x)` plus a CSR matmul over the selection, which also runs the base
+        layer's own hooks (offloaded weights). Many rows: one fused op (W + ΔW built transiently).
+        """
+        weight, plan = self.base_layer.weight, self._plan(name)
+        values = self.pivotal_values[name]
+        rows = x.numel() // max(1, x.shape[-1])
+        if weight.device.type == "meta" or rows <= plan.max_sparse_rows:
+            out = self.base_layer(x, *args, **kwargs)
+            return out + sparse_matmul(x.to(values.dtype), values, plan).to(out.dtype)
+        return sparse_delta_linear(x, weight, self.base_layer.bias, values.to(weight.dtype), plan.flat)
+
+    def _materialized(self):
+        """While active, an offloaded base weight (meta device) is loaded by its accelerate hook."""
+        return _OffloadedWeight(self.base_layer)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         names = [n for n in self._names(adapter_names) if n not in self.merged_adapters]
@@ -134,12 +204,29 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
                             weight -= self.pivotal_delta[name].to(weight.dtype)
                         if name in self.pivotal_values:
                             values = self.pivotal_values[name].to(weight.dtype)
-                            weight.view(-1).index_add_(0, self.pivotal_indices[name], -values)
+                            weight.view(-1).index_add_(0, self._plan(name).flat, -values)
                 for name in names:
                     self.merged_adapters.remove(name)
 
     def __repr__(self) -> str:
         return "pivotal." + super().__repr__()
+
+
+class _OffloadedWeight:
+    """Context: run the accelerate offload hook of `module` (if its weight is on the meta device) around a block."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        hook = getattr(module, "_hf_hook", None)
+        self.hook = hook if hook is not None and module.weight.device.type == "meta" else None
+
+    def __enter__(self) -> None:
+        if self.hook is not None:
+            self.hook.pre_forward(self.module)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.hook is not None:
+            self.hook.post_forward(self.module, None)
 
 
 _HALF = (torch.float16, torch.bfloat16)

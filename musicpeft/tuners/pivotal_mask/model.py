@@ -44,6 +44,7 @@ class PivotalMaskModel(ConceptIdentifierModel):
                 attention.update({name: (SPARSE, selection.get(name)) for name in self_names})
                 if selection:
                     config.num_selected = count(selection)
+                    object.__setattr__(config, "_musicpeft_selection", selection)
         self._state["plans"][id(config)]["attention"] = attention
         config.target_modules = "|".join(re.escape(n) for n in attention)
         return config
@@ -57,6 +58,10 @@ class PivotalMaskModel(ConceptIdentifierModel):
 
     def _stage2_selection(self, config: Any, self_names: list[str]) -> Selection:
         """The union of the named masks' top-P% selections, a random one, or {} (indices come from a file)."""
+        if config.num_selected is not None and config.selection == "random":
+            # A saved (or already attached) adapter: its indices come from its weights file, or from the
+            # selection this config object made when it was first attached. Never redraw the permutation.
+            return dict(getattr(config, "_musicpeft_selection", None) or {})
         if config.selection == "random":
             modules = dict(self.model.named_modules())
             shapes = {n: tuple(modules[n].get_base_layer().weight.shape if isinstance(modules[n], PivotalLinear)

@@ -2,7 +2,7 @@
 
 A selection is a plain `dict[str, LongTensor]`: module name -> sorted, unique flat indices into that
 module's `W_V` (row-major, `out_features x in_features`). Flat indices keep the stored adapter small
-(one int64 per entry) and make unions a set operation.
+(one int32 per entry) and make unions a set operation.
 
 - `top_percent`: the paper's rule (§4.2): the top P% of `|M_V - M_V*|` after mask training, ranked
   across all layers at once (default) or layer by layer.
@@ -95,10 +95,14 @@ def count(selection: Selection) -> int:
 
 
 def save_selection(selection: Selection, path: str | os.PathLike) -> None:
-    """Write a selection as safetensors (one int64 tensor per module)."""
+    """Write a selection as safetensors (one int32 tensor per module; int64 past 2**31 entries)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.to(torch.int64).contiguous() for k, v in selection.items()}, os.fspath(path))
+    def small(v: torch.Tensor) -> torch.Tensor:
+        fits = v.numel() == 0 or int(v.max()) < 2**31
+        return v.to(torch.int32 if fits else torch.int64).contiguous()
+
+    save_file({k: small(v) for k, v in selection.items()}, os.fspath(path))
 
 
 def load_selection(path: str | os.PathLike) -> Selection:
