@@ -10,6 +10,7 @@ import torch
 
 import musicpeft
 from musicpeft.cli import main
+from musicpeft.errors import NonFiniteTrainingError, OutputDirNotEmptyError
 from musicpeft.generation import load_base
 from musicpeft.train_cli import TrainArguments
 
@@ -90,3 +91,38 @@ def test_folder_without_metadata_and_bad_numbers(tmp_path):
         TrainArguments(base="tiny-musicgen", data="rendered:107:4", eval_fraction=1.0)
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
         TrainArguments(base="tiny-musicgen", data="rendered:107:4", max_steps=0)
+
+
+def test_non_empty_output_dir_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"stale adapter")
+    common = ["--base", "tiny-musicgen", "--data", "rendered:107:2", "--eval-fraction", "0", "--output-dir", str(out),
+              *FAST]
+    with pytest.raises(OutputDirNotEmptyError, match=r"is not empty \(adapter_model.safetensors\).*--overwrite"):
+        main(["train", *common])
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no staging folder left beside it
+    assert (out / "adapter_model.safetensors").read_bytes() == b"stale adapter"
+    (out / "stale-notes.txt").write_text("from an older run")
+    assert main(["train", *common, "--overwrite", "--method", "lora:attn"]) == 0
+    assert "stale-notes.txt" not in {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    model = musicpeft.load_adapter(load_base("tiny-musicgen", "cpu").model, str(out))
+    assert model.peft_config["default"].r == 2  # the new LoRA, not the stale file
+
+
+@pytest.mark.parametrize("base", ["tiny-musicgen", "tiny-audioldm2"])
+def test_infinite_learning_rate_stops_with_an_error_and_saves_nothing(tmp_path, capsys, base):
+    out = tmp_path / "adapter"
+    argv = ["train", "--base", base, "--data", "rendered:107:2", "--eval-fraction", "0", "--output-dir", str(out),
+            "--learning-rate", "inf", *FAST]
+    if base == "tiny-audioldm2":
+        argv += ["--clip-seconds", "1.28"]
+    assert main(argv, raise_errors=False) == 2
+    err = capsys.readouterr().err  # progress bars aside, one line: the reason
+    errors = [line[line.index("musicpeft train: error:"):] for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("musicpeft train: error: training stopped") and "finite" in errors[0], errors
+    assert list(tmp_path.iterdir()) == []  # no adapter, no summary, no staging folder
+    with pytest.raises(NonFiniteTrainingError, match="training stopped"):
+        main(argv)
