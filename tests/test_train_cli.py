@@ -126,3 +126,34 @@ def test_infinite_learning_rate_stops_with_an_error_and_saves_nothing(tmp_path, 
     assert list(tmp_path.iterdir()) == []  # no adapter, no summary, no staging folder
     with pytest.raises(NonFiniteTrainingError, match="training stopped"):
         main(argv)
+
+
+def _adapter_tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_checkpoint_dir_and_resume_reproduce_the_uninterrupted_run(tmp_path, capsys):
+    common = ["--base", "tiny-musicgen", "--data", "rendered:107:4", "--eval-fraction", "0", *FAST,
+              "--max-steps", "4", "--learning-rate", "0.01"]
+    assert main(["train", *common, "--output-dir", str(tmp_path / "straight"),
+                 "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    straight = _adapter_tensors(tmp_path / "straight")
+    summary = train(tmp_path, *common, "--resume", str(tmp_path / "ck" / "checkpoint-2"))
+    assert summary["steps"] == 4
+    resumed = _adapter_tensors(tmp_path / "adapter")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    model_only = tmp_path / "model-only"
+    model_only.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
+        (model_only / name).write_bytes((tmp_path / "ck" / "checkpoint-2" / name).read_bytes())
+    assert main(["train", *common, "--output-dir", str(tmp_path / "x"), "--resume", str(model_only)],
+                raise_errors=False) == 2
+    assert "lacks optimizer.pt" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="only MusicGen runs"):
+        main(["train", "--base", "tiny-audioldm2", "--data", "rendered:107:2", "--resume", str(model_only),
+              "--output-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
