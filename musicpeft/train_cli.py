@@ -255,10 +255,11 @@ def _finite(value: float | None) -> float | None:
 def encode_cache_dir(args: TrainArguments) -> str | None:
     """Where encoded clips are cached: ``--encode-cache``, else ``$MUSICPEFT_CACHE/encoded`` or
     ``~/.cache/musicpeft/encoded``; None when caching is off (``none``)."""
+    from .training.encoding_cache import default_cache_dir
+
     if args.encode_cache is not None:
         return None if args.encode_cache.lower() == "none" else args.encode_cache
-    root = os.environ.get("MUSICPEFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "musicpeft")
-    return os.path.join(root, "encoded")
+    return default_cache_dir()
 
 
 def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, out: str, scratch: str) -> dict:

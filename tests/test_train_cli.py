@@ -19,7 +19,7 @@ FAST = ["--clip-seconds", "1", "--max-steps", "2", "--batch-size", "2", "--num-v
 
 def train(tmp_path, *extra: str) -> dict:
     out = tmp_path / "adapter"
-    assert main(["train", "--output-dir", str(out), *FAST, *extra]) == 0
+    assert main(["train", "--output-dir", str(out), *FAST, "--encode-cache", str(tmp_path / "encoded"), *extra]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no scratch checkpoints or temp files
     return summary
@@ -35,6 +35,7 @@ def test_soft_prompt_on_tiny_musicgen(tmp_path):
     assert (summary["family"], summary["train_clips"], summary["eval_clips"], summary["steps"]) == ("musicgen", 4, 1, 2)
     assert summary["trainable_parameters"] > 0
     assert_finite(summary, "eval_cross_entropy_before", "eval_cross_entropy_after", "best_eval_loss")
+    assert len(list((tmp_path / "encoded").rglob("*.safetensors"))) == 5  # every clip's codes, cached once
     base = load_base("tiny-musicgen", "cpu")
     model = musicpeft.load_adapter(base.model, summary["adapter_dir"])
     assert model.peft_config["default"].num_virtual_tokens == 4
@@ -61,6 +62,7 @@ def test_soft_prompt_on_tiny_audioldm2_then_generate(tmp_path):
     summary = train(tmp_path, "--base", "tiny-audioldm2", "--data", "rendered:107:3", "--clip-seconds", "1.28",
                     "--eval-fraction", "0.34")
     assert (summary["family"], summary["steps"]) == ("audioldm2", 2)
+    assert list((tmp_path / "encoded").rglob("*.safetensors"))  # VAE latents cached
     assert_finite(summary, "eval_loss_before", "eval_loss_after")
     pipe = load_base("tiny-audioldm2", "cpu").model
     musicpeft.load_adapter(pipe, summary["adapter_dir"])

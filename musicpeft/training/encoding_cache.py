@@ -24,6 +24,12 @@ CACHE_VERSION = "v1"
 _fingerprints: dict[int, tuple[int, str]] = {}
 
 
+def default_cache_dir() -> str:
+    """``$MUSICPEFT_CACHE/encoded``, else ``~/.cache/musicpeft/encoded``."""
+    root = os.environ.get("MUSICPEFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "musicpeft")
+    return os.path.join(root, "encoded")
+
+
 def module_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
     """sha256 over a module's class, config and every parameter and buffer (names, shapes, dtypes, bytes).
 
