@@ -17,6 +17,8 @@ import argparse
 
 import musicpeft
 from musicpeft.data.dataset import load_audio_folder, make_rendered_dataset
+from musicpeft.training.collator import precompute_codes
+from musicpeft.training.encoding_cache import default_cache_dir
 from musicpeft.training.musicgen_trainer import make_musicgen_trainer, token_cross_entropy
 
 
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clip_seconds", type=float, default=30.0)
     parser.add_argument("--rendered_clips", type=int, default=16)
     parser.add_argument("--patience", type=int, default=3, help="Early-stopping patience (evaluations).")
+    parser.add_argument("--encode_cache", default=default_cache_dir(), help="EnCodec codes cache folder, or 'none'.")
     args = parser.parse_args(argv)
 
     model, processor = load_base(args.base)
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
         from musicpeft.training.collator import init_codebooks_from_audio
 
         init_codebooks_from_audio(model, split["train"]["audio"])
+    # EnCodec once per clip, cached on disk by clip and codec: no epoch encodes again
+    cache = None if args.encode_cache == "none" else args.encode_cache
+    split = {name: precompute_codes(part, model, cache_dir=cache) for name, part in split.items()}
     before = token_cross_entropy(model, processor, split["test"])
     peft_model = musicpeft.add_adapter(
         model, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=args.num_virtual_tokens)

@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``musicpeft train: error: argument --batch-size: invalid int value: 'x'``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -22,6 +31,8 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kwargs.update(required=True, type=f.metadata.get("type", str))
             kwargs["help"] += " (required)"
+        elif "action" in f.metadata:  # a switch such as --overwrite
+            kwargs.update(action=f.metadata["action"], default=f.default)
         else:
             kwargs.update(type=f.metadata.get("type", type(f.default)), default=f.default)
             kwargs["help"] += f" (default: {f.default})"
@@ -94,32 +105,56 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation import EvaluateArguments
     from .train_cli import TrainArguments
 
-    parser = argparse.ArgumentParser(prog="musicpeft", description=__doc__)
+    parser = _Parser(prog="musicpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="Offline end-to-end demo on the embedded tiny MusicGen.")
     _add_dataclass_arguments(demo, DemoArguments)
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, subparser=demo)
     train = commands.add_parser(
         "train", help="Train a soft prompt, LoRA preset or full fine-tune on MusicGen or AudioLDM2; save the adapter."
     )
     _add_dataclass_arguments(train, TrainArguments)
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, subparser=train)
     evaluate = commands.add_parser(
         "evaluate",
         help="Base model vs adapters on a prompt set: clap_kld, token cross-entropy, report with plots.",
     )
     _add_dataclass_arguments(evaluate, EvaluateArguments)
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(run=_evaluate, subparser=evaluate)
     push = commands.add_parser("push", help="Upload a saved adapter folder to the Hub with a model card.")
     _add_dataclass_arguments(push, PushArguments)
-    push.set_defaults(run=_push)
+    push.set_defaults(run=_push, subparser=push)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _one_line(error: BaseException) -> str:
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(message.split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None, raise_errors: bool | None = None) -> int:
+    """Run one ``musicpeft`` command; returns its exit status.
+
+    As the console command (``argv=None``) a refused input (see :func:`musicpeft.errors.input_error_types`)
+    prints one line naming the flag or file on stderr and exits with status 2, without a traceback. Called
+    from Python with an explicit ``argv``, errors propagate as exceptions unless ``raise_errors=False``.
+    ``MUSICPEFT_DEBUG=1`` keeps tracebacks everywhere.
+    """
+    if raise_errors is None:
+        raise_errors = argv is not None or os.environ.get("MUSICPEFT_DEBUG", "") not in ("", "0")
     parser = build_parser()
-    namespace = parser.parse_args(argv)
-    return namespace.run(namespace)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand, which names itself and its --help
+        namespace.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if raise_errors:
+        return namespace.run(namespace)
+    from .errors import input_error_types
+
+    try:
+        return namespace.run(namespace)
+    except input_error_types() as error:
+        print(f"musicpeft {namespace.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,17 +16,21 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
+from .errors import ResumeError
 from .evaluation import parse_rendered
 from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
+from .train_output import check_output_dir, make_staging, swap_into_place
 
-METHODS = ("soft_prompt", "lora:<preset>", "full")
+METHODS = ("soft_prompt", "lora:<preset>", "full", "concepts", "pivotal", "dreamstyler[:<recipe>]")
+# concept methods -> train_dreamstyler recipes (musicpeft/training/dreamstyler.py)
+CONCEPT_METHODS = {"concepts": "tokens_only", "pivotal": "dreamstyler", "dreamstyler": "dreamstyler"}
 SUMMARY_FILE = "train_summary.json"
 MUSICGEN_CLIP_SECONDS = 10.0  # MusicGen's training chunks (the soft-prompt and LoRA papers use 10 s clips)
 
@@ -80,10 +84,57 @@ class TrainArguments:
         metadata={"help": "MusicGen: stop after this many evaluations without a lower eval loss; "
                   "AudioLDM2 always runs its epochs and keeps the state with the lowest eval loss.", "type": int},
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a non-empty --output-dir (the new folder is swapped in only once complete); "
+                  "without it such a folder is refused and left as it is.", "action": "store_true"},
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "no, bf16 (CPU or GPU) or fp16 (GPU only): autocast with fp32 weights."}
+    )
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={"help": "MusicGen: write resumable checkpoints (model, optimizer, schedule, RNG) here each epoch "
+                  "(or evaluation) and keep them; None = a temporary folder, deleted at the end.", "type": str},
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={"help": "MusicGen: resume from a checkpoint folder written with --checkpoint-dir "
+                  "('checkpoint-<step>'), or 'last' for the newest in --checkpoint-dir. Model-only checkpoints "
+                  "are refused.", "type": str},
+    )
+    concept: str | None = field(
+        default=None,
+        metadata={"help": "Methods concepts / pivotal / dreamstyler: the concept's name; prompts then use <NAME> "
+                  "(captions without it are replaced by '<NAME>').", "type": str},
+    )
+    encode_cache: str | None = field(
+        default=None,
+        metadata={"help": "Folder caching EnCodec codes (MusicGen) / VAE latents (AudioLDM2) per clip, keyed by "
+                  "audio content and codec weights; None = $MUSICPEFT_CACHE/encoded or "
+                  "~/.cache/musicpeft/encoded; 'none' encodes on every step.", "type": str},
+    )
 
     def __post_init__(self) -> None:
-        parse_method(self.method)
-        for name in ("num_virtual_tokens", "lora_r", "epochs", "max_steps", "batch_size", "early_stopping_patience"):
+        kind, _ = parse_method(self.method)
+        if kind == "dreamstyler":
+            if not self.concept:
+                raise ValueError(f"concept: --method {self.method} needs --concept NAME (the word prompts write as "
+                                 "<NAME>)")
+            if self.gradient_accumulation_steps != 1 or self.resume is not None:
+                raise ValueError(f"method: {self.method} supports neither --gradient-accumulation-steps nor --resume")
+        elif self.concept is not None:
+            raise ValueError(f"concept: only the methods concepts, pivotal and dreamstyler use --concept, "
+                             f"not {self.method}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+        if self.resume == "last" and self.checkpoint_dir is None:
+            raise ValueError("resume: 'last' needs --checkpoint-dir (where the earlier run wrote its checkpoints)")
+        for name in ("num_virtual_tokens", "lora_r", "epochs", "max_steps", "batch_size", "early_stopping_patience",
+                     "gradient_accumulation_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -96,16 +147,24 @@ class TrainArguments:
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
-    """``"soft_prompt"`` / ``"lora:<preset>"`` / ``"full"`` -> ``(kind, preset or None)``."""
+    """``"soft_prompt"`` / ``"lora:<preset>"`` / ``"full"`` -> ``(kind, preset or None)``; the concept methods
+    give ``("dreamstyler", recipe)``: ``concepts`` = ``tokens_only``, ``pivotal`` = ``dreamstyler``."""
+    from .training.dreamstyler import RECIPES
+
     kind, sep, preset = method.partition(":")
     if kind == "lora" and sep and preset:
         return "lora", preset
     if method in ("soft_prompt", "full"):
         return method, None
+    if method in CONCEPT_METHODS:
+        return "dreamstyler", CONCEPT_METHODS[method]
+    if kind == "dreamstyler" and sep and preset in RECIPES:
+        return "dreamstyler", preset
     from .training.presets import list_presets
 
     presets = "; ".join(f"{family}: {', '.join(list_presets(family))}" for family in ("musicgen", "audioldm2"))
-    raise ValueError(f"method: unknown {method!r}; known methods: {', '.join(METHODS)} (presets {presets})")
+    raise ValueError(f"method: unknown {method!r}; known methods: {', '.join(METHODS)} (presets {presets}; "
+                     f"recipes {', '.join(sorted(RECIPES))})")
 
 
 def check_preset(family: str, preset: str) -> None:
@@ -125,18 +184,42 @@ def _check_inputs(args: TrainArguments) -> str:
             raise FileNotFoundError(f"data: {args.data!r} is neither a folder nor 'rendered:<program>:<n>'")
         if not os.path.isfile(os.path.join(args.data, "metadata.jsonl")):
             raise FileNotFoundError(f"data: {args.data} has no metadata.jsonl (one JSON object per audio file with "
-                                    "'path' and a caption such as 'description')")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise NotADirectoryError(f"output_dir: {args.output_dir} exists and is not a folder")
+                                    "'file_name' or 'path' and a caption such as 'text' or 'description')")
+    check_output_dir(args.output_dir, args.overwrite)
+    if args.checkpoint_dir is not None:
+        inside = os.path.abspath(args.checkpoint_dir) + os.sep
+        if inside.startswith(os.path.abspath(args.output_dir) + os.sep):
+            raise ValueError(f"checkpoint_dir: {args.checkpoint_dir} lies inside --output-dir {args.output_dir}, "
+                             "which a finished run replaces; put the checkpoints beside it")
     family = base_family(args.base)
     kind, preset = parse_method(args.method)
     if kind == "lora":
         check_preset(family, preset)
+    if args.resume is not None:
+        if family != "musicgen":
+            raise ResumeError("resume: only MusicGen runs (the transformers Trainer) can resume; AudioLDM2 training "
+                              "keeps no optimizer state")
+        resume_checkpoint(args)
     return family
 
 
+def resume_checkpoint(args: TrainArguments) -> str | None:
+    """The checkpoint folder ``--resume`` names (``last``: the newest ``checkpoint-<step>`` in
+    ``--checkpoint-dir``), checked to hold the optimizer and schedule; None without ``--resume``."""
+    from .training.musicgen_trainer import check_resumable, last_checkpoint
+
+    if args.resume is None:
+        return None
+    path = last_checkpoint(args.checkpoint_dir) if args.resume == "last" else args.resume
+    check_resumable(path)
+    return path
+
+
 def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: float):
-    """``(train, eval or None)``: the clips of ``args.data`` at the model's rate, split by ``eval_fraction``."""
+    """``(train, eval or None)``: the clips of ``args.data`` at the model's rate, split by ``eval_fraction``.
+
+    The concept methods train on every clip (no eval split: their prompts name a concept the base lacks).
+    """
     from .data.dataset import load_audio_folder, make_rendered_dataset
 
     rendered = parse_rendered(args.data, "data")
@@ -145,7 +228,8 @@ def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: f
         data = make_rendered_dataset(n, clip_seconds, sampling_rate, program=program, seed=args.seed)
     else:
         data = load_audio_folder(args.data, sample_rate=sampling_rate, chunk_seconds=clip_seconds, remainder="keep")
-    n_eval = max(1, round(len(data) * args.eval_fraction)) if args.eval_fraction > 0 else 0
+    concept = parse_method(args.method)[0] == "dreamstyler"
+    n_eval = max(1, round(len(data) * args.eval_fraction)) if args.eval_fraction > 0 and not concept else 0
     if n_eval == 0:
         return data.shuffle(seed=args.seed), None
     if n_eval >= len(data):
@@ -168,15 +252,31 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, scratch: str) -> dict:
+def encode_cache_dir(args: TrainArguments) -> str | None:
+    """Where encoded clips are cached: ``--encode-cache``, else ``$MUSICPEFT_CACHE/encoded`` or
+    ``~/.cache/musicpeft/encoded``; None when caching is off (``none``)."""
+    from .training.encoding_cache import default_cache_dir
+
+    if args.encode_cache is not None:
+        return None if args.encode_cache.lower() == "none" else args.encode_cache
+    return default_cache_dir()
+
+
+def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, out: str, scratch: str) -> dict:
     import musicpeft
 
+    from .training.collator import precompute_codes
     from .training.musicgen_trainer import PAPER_DEFAULTS, make_musicgen_trainer, token_cross_entropy
     from .training.presets import prepare_full_finetune
 
     kind, preset = parse_method(args.method)
     model, processor = base.model, base.processor
     batch_size = args.batch_size or PAPER_DEFAULTS["per_device_train_batch_size"]
+    cache = encode_cache_dir(args)
+    train = precompute_codes(train, model, batch_size=batch_size, cache_dir=cache)
+    if eval_data is not None:
+        eval_data = precompute_codes(eval_data, model, batch_size=batch_size, cache_dir=cache)
+
     def cross_entropy(m: Any) -> float | None:
         if eval_data is None:
             return None
@@ -191,25 +291,30 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, sc
         trained = musicpeft.add_adapter(model, _adapter_config(kind, preset, model, args))
         trainable = trained.get_nb_trainable_parameters()[0]
     overrides: dict[str, Any] = {
-        "output_dir": scratch,
+        "output_dir": args.checkpoint_dir or scratch,
         "num_train_epochs": args.epochs or PAPER_DEFAULTS["num_train_epochs"],
         "per_device_train_batch_size": batch_size,
         "per_device_eval_batch_size": batch_size,
         "learning_rate": args.learning_rate or PAPER_DEFAULTS["learning_rate"],
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "bf16": args.mixed_precision == "bf16",
+        "fp16": args.mixed_precision == "fp16",
         "seed": args.seed,
         "use_cpu": not torch.cuda.is_available(),
     }
+    if args.checkpoint_dir is not None:  # resumable: optimizer, schedule and RNG go with every checkpoint
+        overrides.update(save_only_model=False, save_strategy="epoch")
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
     trainer = make_musicgen_trainer(trained, processor, train, eval_dataset=eval_data,
                                     early_stopping_patience=args.early_stopping_patience, **overrides)
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=resume_checkpoint(args))
     ce_after = cross_entropy(trained)
-    if kind == "full":
-        adapter_dir = os.path.join(args.output_dir, "decoder")
-        trained.decoder.save_pretrained(adapter_dir, safe_serialization=True)
-    else:
-        adapter_dir = musicpeft.save_adapter(trained, args.output_dir)
+    if trainer.is_world_process_zero():
+        if kind == "full":
+            trained.decoder.save_pretrained(os.path.join(out, "decoder"), safe_serialization=True)
+        else:
+            musicpeft.save_adapter(trained, out)
     return {
         "trainable_parameters": int(trainable),
         "steps": int(trainer.state.global_step),
@@ -217,13 +322,13 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, sc
         "best_eval_loss": _finite(trainer.state.best_metric),
         "eval_cross_entropy_before": ce_before,
         "eval_cross_entropy_after": ce_after,
-        "adapter_dir": adapter_dir,
+        "adapter_dir": os.path.join(args.output_dir, "decoder") if kind == "full" else args.output_dir,
         "batch_size": batch_size,
         "learning_rate": overrides["learning_rate"],
     }
 
 
-def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, clip_seconds: float) -> dict:
+def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, clip_seconds: float, out: str) -> dict:
     import musicpeft
 
     from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
@@ -240,6 +345,8 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         num_train_epochs=args.epochs or defaults.num_train_epochs, max_steps=args.max_steps,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         learning_rate=args.learning_rate or defaults.learning_rate, audio_length_s=clip_seconds, seed=args.seed,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        latent_cache_dir=encode_cache_dir(args),
     )
     loss_before = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
     torch.manual_seed(args.seed)
@@ -251,11 +358,11 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
     trainable = sum(p.numel() for p in resolve_trainable(pipe, params).values())
     history = train_audioldm2(pipe, train, eval_dataset=eval_data, args=dargs, trainable_parameters=params)
     loss_after = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
-    if kind == "full":
-        adapter_dir = os.path.join(args.output_dir, "unet")
-        pipe.unet.save_pretrained(adapter_dir, safe_serialization=True)
-    else:
-        adapter_dir = musicpeft.save_adapter(pipe, args.output_dir)
+    if _is_main_process():
+        if kind == "full":
+            pipe.unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+        else:
+            musicpeft.save_adapter(pipe, out)
     last = history["train_loss"][-1]["loss"] if history["train_loss"] else None
     return {
         "trainable_parameters": int(trainable),
@@ -264,10 +371,61 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         "best_eval_loss": _finite(history["best_eval_loss"]),
         "eval_loss_before": _finite(loss_before),
         "eval_loss_after": _finite(loss_after),
-        "adapter_dir": adapter_dir,
+        "adapter_dir": os.path.join(args.output_dir, "unet") if kind == "full" else args.output_dir,
         "batch_size": batch_size,
         "learning_rate": dargs.learning_rate,
     }
+
+
+def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: float, out: str) -> dict:
+    """``concepts`` / ``pivotal`` / ``dreamstyler[:<recipe>]``: :func:`train_dreamstyler` on every clip."""
+    import musicpeft
+
+    from .training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
+    from .tuners.concept_identifier.config import placeholder
+
+    _, recipe = parse_method(args.method)
+    word = placeholder(args.concept)
+    defaults = DreamStylerArguments()
+    dargs = DreamStylerArguments(
+        recipe=recipe, mask_epochs=args.epochs or defaults.mask_epochs,
+        tuning_steps=args.max_steps or defaults.tuning_steps,
+        train_batch_size=args.batch_size or defaults.train_batch_size,
+        learning_rate=args.learning_rate or defaults.learning_rate, mixed_precision=args.mixed_precision,
+        audio_length_s=clip_seconds, seed=args.seed,
+    )
+    texts = [t if word in t else word for t in train["text"]]
+    concept = ConceptData(args.concept, [np.asarray(a, dtype=np.float32) for a in train["audio"]],
+                          base.sampling_rate, prompts=texts)
+    torch.manual_seed(args.seed)
+    result = train_dreamstyler(base.model, [concept], dargs, processor=base.processor)
+    if _is_main_process():
+        if recipe == "full":
+            _save_full_concept(base, out)
+        else:
+            musicpeft.save_adapter(result.model, out)
+    return {
+        "trainable_parameters": int(sum(result.trainable.values())),
+        "steps": len(result.losses),
+        "train_loss": _finite(result.losses[-1]) if result.losses else None,
+        "concept": args.concept,
+        "placeholder": word,
+        "recipe": recipe,
+        "adapter_dir": args.output_dir,
+        "batch_size": dargs.train_batch_size,
+        "learning_rate": dargs.learning_rate,
+    }
+
+
+def _save_full_concept(base: LoadedBase, out: str) -> None:
+    """Recipe ``full``: the trained decoder / U-Net and the tokenizer(s) that spell the concept's rare word."""
+    if base.processor is not None:  # MusicGen
+        base.model.decoder.save_pretrained(os.path.join(out, "decoder"), safe_serialization=True)
+        base.processor.save_pretrained(os.path.join(out, "processor"))
+    else:
+        base.model.unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+        base.model.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+        base.model.tokenizer_2.save_pretrained(os.path.join(out, "tokenizer_2"))
 
 
 def write_summary(summary: dict, output_dir: str) -> str:
@@ -285,37 +443,81 @@ def write_summary(summary: dict, output_dir: str) -> str:
     return path
 
 
+def _is_main_process() -> bool:
+    """True on the single process, or on rank 0 of an ``accelerate launch`` / ``torchrun`` run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _distributed_state() -> Any:
+    """accelerate's process state when launched on several processes (gloo on CPU), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _shared_staging(args: TrainArguments, state: Any) -> str:
+    """The staging folder, made by the main process and shared with the others."""
+    path = [str(make_staging(args.output_dir))] if _is_main_process() else [""]
+    if state is not None:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(path, from_process=0)
+    return path[0]
+
+
 def run_training(args: TrainArguments) -> dict:
-    """Load the base and data, train, save; returns the summary (also in ``output_dir/train_summary.json``)."""
+    """Load the base and data, train, save; returns the summary (also in ``output_dir/train_summary.json``).
+
+    Everything is written into a staging folder beside ``output_dir`` and renamed into place only when
+    complete, so a refused, failed or diverged run (:class:`~musicpeft.errors.NonFiniteTrainingError`)
+    leaves ``output_dir`` as it was. Under ``accelerate launch`` / ``torchrun`` every process trains and the
+    main one writes.
+    """
     started = time.time()
     family = _check_inputs(args)
+    kind, _ = parse_method(args.method)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = _distributed_state()
+    if state is not None:
+        device = str(state.device)
     torch.manual_seed(args.seed)
     base = load_base(args.base, device)
     clip_seconds = args.clip_seconds or (MUSICGEN_CLIP_SECONDS if family == "musicgen" else
                                          _audioldm2_clip_seconds())
     train, eval_data = load_training_data(args, base.sampling_rate, clip_seconds)
-    print(f"musicpeft train: {family} base {args.base!r}, method {args.method}, {len(train)} training clips, "
-          f"{0 if eval_data is None else len(eval_data)} eval clips of {clip_seconds} s")
-    os.makedirs(args.output_dir, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".checkpoints-", dir=args.output_dir)
+    if _is_main_process():
+        print(f"musicpeft train: {family} base {args.base!r}, method {args.method}, {len(train)} training clips, "
+              f"{0 if eval_data is None else len(eval_data)} eval clips of {clip_seconds} s")
+    staging = _shared_staging(args, state)
+    out, scratch = os.path.join(staging, "out"), os.path.join(staging, "scratch")
     try:
-        if family == "musicgen":
-            result = _train_musicgen(base, train, eval_data, args, scratch)
+        if kind == "dreamstyler":
+            result = _train_concept(base, train, args, clip_seconds, out)
+        elif family == "musicgen":
+            result = _train_musicgen(base, train, eval_data, args, out, scratch)
         else:
-            result = _train_audioldm2(base, train, eval_data, args, clip_seconds)
+            result = _train_audioldm2(base, train, eval_data, args, clip_seconds, out)
+        summary = {
+            "arguments": asdict(args),
+            "family": family,
+            "train_clips": len(train),
+            "eval_clips": 0 if eval_data is None else len(eval_data),
+            "clip_seconds": clip_seconds,
+            "processes": 1 if state is None else state.num_processes,
+            **result,
+            "seconds": round(time.time() - started, 1),
+            "summary_file": os.path.join(args.output_dir, SUMMARY_FILE),
+        }
+        if _is_main_process():
+            write_summary(summary, out)
+            swap_into_place(out, args.output_dir)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    summary = {
-        "arguments": asdict(args),
-        "family": family,
-        "train_clips": len(train),
-        "eval_clips": 0 if eval_data is None else len(eval_data),
-        "clip_seconds": clip_seconds,
-        **result,
-        "seconds": round(time.time() - started, 1),
-    }
-    summary["summary_file"] = write_summary(summary, args.output_dir)
+        if state is not None:
+            state.wait_for_everyone()
+        if _is_main_process():
+            shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
@@ -336,6 +538,9 @@ def format_summary(summary: dict) -> str:
     if "eval_cross_entropy_before" in summary:
         lines.append(f"Eval token cross-entropy: {num(summary['eval_cross_entropy_before'])} (base) -> "
                      f"{num(summary['eval_cross_entropy_after'])} (trained)")
+    elif "placeholder" in summary:
+        lines.append(f"Concept {summary['concept']!r}: write {summary['placeholder']} in prompts "
+                     f"(recipe {summary['recipe']})")
     else:
         lines.append(f"Eval denoising loss: {num(summary['eval_loss_before'])} (base) -> "
                      f"{num(summary['eval_loss_after'])} (trained)")

@@ -158,3 +158,56 @@ def test_collator_errors_name_the_problem(model, processor, clips):
         collator([{"codes": np.zeros((3, 5), dtype=np.int16), "text": "x"}])
     with pytest.raises(ValueError, match="mono"):
         collator([{"audio": np.zeros((2, 100), np.float32), "text": "x"}])
+
+
+class _CountEncodes:
+    """Counts the clips EnCodec encodes (wraps ``audio_encoder.encode`` on the instance)."""
+
+    def __init__(self, model):
+        self.clips = 0
+        encoder = model.audio_encoder
+        original = encoder.encode
+
+        def counting(batch, *args, **kwargs):
+            self.clips += batch.shape[0]
+            return original(batch, *args, **kwargs)
+
+        encoder.encode = counting
+        self.undo = lambda: delattr(encoder, "encode")
+
+
+def test_codes_cache_encodes_each_clip_once_per_codec(model, processor, tmp_path):
+    import copy
+
+    from musicpeft.training.musicgen_trainer import make_musicgen_trainer
+
+    ds = make_rendered_dataset(4, 0.5, SR, program=40, seed=0)
+    plain = precompute_codes(ds, model, batch_size=2)
+    counter = _CountEncodes(model)
+    try:
+        first = precompute_codes(ds, model, batch_size=3, cache_dir=tmp_path / "cache")
+        assert counter.clips == 4 and len(list((tmp_path / "cache").rglob("*.safetensors"))) == 4
+        again = precompute_codes(ds.shuffle(seed=1), model, batch_size=2, cache_dir=tmp_path / "cache")
+        assert counter.clips == 4  # a second pass (another run, another order) encodes nothing
+        assert all(np.array_equal(first[i]["codes"], plain[i]["codes"]) for i in range(4))
+        by_text = {r["text"] + str(r["codes"].sum()) for r in again}
+        assert by_text == {r["text"] + str(r["codes"].sum()) for r in first}
+        from peft import LoraConfig, get_peft_model
+
+        peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(target_modules=["q_proj", "v_proj"]))
+        trainer_counter = _CountEncodes(peft_model.get_base_model())
+        trainer = make_musicgen_trainer(
+            peft_model, processor, first, early_stopping_patience=None, output_dir=str(tmp_path / "t"),
+            use_cpu=True, disable_tqdm=True, num_train_epochs=2, per_device_train_batch_size=2, save_strategy="no",
+        )
+        trainer.train()
+        assert trainer.state.global_step == 4 and trainer_counter.clips == 0  # two epochs, zero encoding
+    finally:
+        counter.undo()
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.audio_encoder.quantizer.layers[0].codebook.embed[0] += 1.0
+    other = _CountEncodes(changed)
+    precompute_codes(ds, changed, cache_dir=tmp_path / "cache")
+    assert other.clips == 4  # other codec weights: other cache entries
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 8

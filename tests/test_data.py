@@ -107,6 +107,51 @@ def test_render_clips_reports_when_too_few_pieces():
         render.render_clips(1, 10_000.0, sample_rate=SR, composer="beach")
 
 
+def test_more_clips_than_pieces_fails_before_rendering_anything(monkeypatch):
+    from musicpeft.data import make_rendered_dataset
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered a piece although the request cannot be met")
+
+    monkeypatch.setattr(render, "render_score", no_rendering)
+    available = len(render.corpus_pieces())
+    with pytest.raises(ValueError, match=rf"n=100000 clips asked for, but .* only {available} pieces"):
+        make_rendered_dataset(100000, 1.0, SR)
+    beach = len(render.corpus_pieces(composer="beach"))
+    with pytest.raises(ValueError, match=f"only {beach} pieces"):
+        render.render_clips(beach + 1, 1.0, sample_rate=SR, composer="beach")
+
+
+def test_only_real_conversion_failures_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSICPEFT_CACHE", str(tmp_path / "cache"))
+    piece = render.corpus_pieces(composer="bach", limit=1)[0]
+    calls = []
+
+    def flaky(path):
+        calls.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(render, "_score_to_midi", flaky)
+    with pytest.raises(OSError, match="No space left"):
+        render.midi_bytes(piece)
+    assert not list((tmp_path / "cache").rglob("*.error.txt"))  # a full disk says nothing about the score
+    monkeypatch.setattr(render, "_score_to_midi", lambda path: b"MThd-fake")
+    assert render.midi_bytes(piece) == b"MThd-fake"  # the next run converts it
+
+    other = render.corpus_pieces(composer="bach", limit=2)[1]
+
+    def unconvertible(path):
+        calls.append(path)
+        raise IndexError("music21: no measures")
+
+    monkeypatch.setattr(render, "_score_to_midi", unconvertible)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="cannot convert this score to MIDI.*IndexError: music21: no measures"):
+            render.midi_bytes(other)
+    assert [str(c) for c in calls].count(other) == 1  # the real failure was cached
+    assert len(list((tmp_path / "cache").rglob("*.error.txt"))) == 1
+
+
 # --- audio utilities -------------------------------------------------------------------------
 
 def _write_wav(path, audio, sr):
@@ -226,7 +271,50 @@ def test_load_audio_folder_chunks_and_captions(tmp_path):
     with pytest.raises(ValueError, match="gone.wav"):
         load_audio_folder(tmp_path, sample_rate=SR)
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"key": "C major", "genre": "x"}) + "\n")
-    with pytest.raises(ValueError, match="record 1 has no 'path'"):
+    with pytest.raises(ValueError, match=r"metadata.jsonl:1: the record has no 'file_name' \(or 'path'\)"):
+        load_audio_folder(tmp_path, sample_rate=SR)
+
+
+def test_audiofolder_convention_and_bad_rows_skipped_by_name(tmp_path, caplog):
+    import json
+    import logging
+
+    from musicpeft.data import load_audio, load_audio_folder
+
+    rng = np.random.default_rng(0)
+    tone = rng.uniform(-0.3, 0.3, size=SR).astype(np.float32)
+    _write_wav(tmp_path / "a.wav", tone, SR)
+    _write_wav(tmp_path / "b.wav", tone[::-1].copy(), SR)
+    broken = tone.copy()
+    broken[100] = np.nan
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "nan.wav"), broken, SR, subtype="FLOAT")
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    lines = [
+        json.dumps({"file_name": "a.wav", "text": "a calm koto melody"}),
+        json.dumps({"file_name": "b.wav", "caption": "a fast koto melody", "genre": "folk"}),
+        json.dumps({"file_name": "nan.wav", "text": "has a NaN"}),
+        json.dumps({"file_name": "junk.wav", "text": "unreadable"}),
+        json.dumps({"file_name": "gone.wav", "text": "missing"}),
+        json.dumps({"file_name": "a.wav"}),
+        '{"file_name": "a.wav", "text": ',
+    ]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"nan\.wav: 1 of 16000 samples are NaN or infinite"):
+        load_audio(tmp_path / "nan.wav")
+    with caplog.at_level(logging.WARNING, logger="musicpeft.data.dataset"):
+        ds = load_audio_folder(tmp_path, sample_rate=SR, chunk_seconds=None)
+    assert list(ds["text"]) == ["a calm koto melody", "a fast koto melody. genre: folk"]
+    assert all(np.isfinite(row["audio"]).all() for row in ds)
+    report = caplog.text
+    for needle in ("skipped 5 row(s)", "nan.wav: 1 of 16000 samples are NaN", "junk.wav: cannot read audio",
+                   "gone.wav: no such audio file", "metadata.jsonl:6: caption_from_metadata",
+                   "metadata.jsonl:7: not valid JSON"):
+        assert needle in report, needle
+    assert "nan.wav" in ds.info.description
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines[2:]) + "\n")
+    with pytest.raises(ValueError, match=r"no audio chunks.*skipped rows: .*nan\.wav.*junk\.wav"):
         load_audio_folder(tmp_path, sample_rate=SR)
 
 

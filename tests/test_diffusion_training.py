@@ -230,3 +230,40 @@ def test_explicit_parameters_and_v_prediction_train():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"unet.conv_out.bias"} and np.isfinite(history["train_loss"][-1]["loss"])
     assert all(p.requires_grad for p in pipe.unet.parameters())  # flags restored
+
+
+def test_latent_cache_second_epoch_does_no_vae_encoding(tmp_path):
+    pipe = lora_pipe()
+    calls = []
+    original = pipe.vae.encode
+
+    def counting(mel, *a, **kw):
+        calls.append(mel.shape[0])
+        return original(mel, *a, **kw)
+
+    pipe.vae.encode = counting
+    data = tone_dataset(4, samples=16000)  # shorter than audio_length_s: no random crop, one key per clip
+    history = train_audioldm2(pipe, data, args=args(num_train_epochs=2, latent_cache_dir=str(tmp_path / "lat")))
+    assert history["global_step"] == 4
+    assert sum(calls) == 4  # epoch 1 encodes each clip once, epoch 2 reads them all from the cache
+    assert len(list((tmp_path / "lat").rglob("*.safetensors"))) == 4
+    train_audioldm2(pipe, data, args=args(num_train_epochs=1, latent_cache_dir=str(tmp_path / "lat")))
+    assert sum(calls) == 4  # another run on the same clips and VAE: no encoding at all
+    uncached = len(calls)
+    train_audioldm2(pipe, data, args=args(num_train_epochs=2))
+    assert len(calls) - uncached == 4  # without the cache: every batch of every epoch (2 batches x 2)
+
+
+def test_cached_latents_give_the_uncached_loss(tmp_path):
+    from musicpeft.training.diffusion import _noise_scheduler, diffusion_loss, latent_cache_for
+
+    pipe = lora_pipe()
+    mel = MelConfig.from_pipeline(pipe)
+    wave = torch.from_numpy(np.stack([tone(330.0, 20480), tone(440.0, 20480)]))
+    scheduler, cache = _noise_scheduler(pipe), latent_cache_for(pipe, tmp_path, mel)
+    with torch.no_grad():
+        plain = diffusion_loss(pipe, wave, TEXTS[:2], scheduler, mel, torch.Generator().manual_seed(3))
+        for _ in range(2):  # the first call fills the cache, the second reads it
+            cached = diffusion_loss(pipe, wave, TEXTS[:2], scheduler, mel, torch.Generator().manual_seed(3),
+                                    latent_cache=cache)
+            torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-6)

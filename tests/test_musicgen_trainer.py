@@ -134,3 +134,57 @@ def test_token_cross_entropy_plain_and_peft(base, processor, koto):
     assert lora["cross_entropy"] == pytest.approx(ce, rel=1e-5)
     coded = token_cross_entropy(base, processor, precompute_codes(koto, base), batch_size=4)
     assert coded["cross_entropy"] == pytest.approx(ce, rel=1e-5)
+
+
+def _lora_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def _resume_trainer(base, processor, koto, out, **kw):
+    torch.manual_seed(0)
+    model = _lora(base)
+    args = _quiet(out, max_steps=4, learning_rate=1e-2, per_device_train_batch_size=2, save_strategy="steps",
+                  save_steps=2, lr_scheduler_type="linear", warmup_steps=1, **kw)
+    return model, make_musicgen_trainer(model, processor, koto, early_stopping_patience=None, **args)
+
+
+def test_resume_restores_optimizer_and_schedule_bit_identically(base, processor, koto, tmp_path):
+    model, trainer = _resume_trainer(base, processor, koto, tmp_path / "straight", save_only_model=False)
+    trainer.train()
+    straight = _lora_weights(model)
+    assert any(not torch.equal(w, _lora_weights(_lora(base))[n]) for n, w in straight.items() if "lora_B" in n)
+
+    resumed_model, resumed = _resume_trainer(base, processor, koto, tmp_path / "resumed", save_only_model=False)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    after = _lora_weights(resumed_model)
+    assert all(torch.equal(after[n], straight[n]) for n in straight)  # bit-identical on CPU
+
+    # control: the step-2 weights trained on with a fresh optimizer and schedule end elsewhere
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    restarted_model, _ = _resume_trainer(base, processor, koto, tmp_path / "restarted")
+    set_peft_model_state_dict(restarted_model, load_file(tmp_path / "straight" / "checkpoint-2" /
+                                                         "adapter_model.safetensors"))
+    restarted = make_musicgen_trainer(restarted_model, processor, koto, early_stopping_patience=None,
+                                      **_quiet(tmp_path / "restarted", max_steps=2, learning_rate=1e-2,
+                                               per_device_train_batch_size=2, warmup_steps=1))
+    restarted.train()
+    assert any(not torch.equal(w, straight[n]) for n, w in _lora_weights(restarted_model).items())
+
+
+def test_resume_from_a_model_only_checkpoint_is_refused(base, processor, koto, tmp_path):
+    from musicpeft.errors import ResumeError
+
+    _, trainer = _resume_trainer(base, processor, koto, tmp_path / "run")  # save_only_model=True by default
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()
+    model, again = _resume_trainer(base, processor, koto, tmp_path / "again")
+    before = _lora_weights(model)
+    with pytest.raises(ResumeError, match=r"checkpoint-2 lacks optimizer.pt .*scheduler.pt .*restart the optimizer"):
+        again.train(resume_from_checkpoint=str(checkpoint))
+    assert all(torch.equal(p, before[n]) for n, p in _lora_weights(model).items())
+    with pytest.raises(ResumeError, match="holds no checkpoint-<step> folder"):
+        again.train(resume_from_checkpoint=True)

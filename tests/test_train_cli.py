@@ -10,6 +10,7 @@ import torch
 
 import musicpeft
 from musicpeft.cli import main
+from musicpeft.errors import NonFiniteTrainingError, OutputDirNotEmptyError
 from musicpeft.generation import load_base
 from musicpeft.train_cli import TrainArguments
 
@@ -18,7 +19,7 @@ FAST = ["--clip-seconds", "1", "--max-steps", "2", "--batch-size", "2", "--num-v
 
 def train(tmp_path, *extra: str) -> dict:
     out = tmp_path / "adapter"
-    assert main(["train", "--output-dir", str(out), *FAST, *extra]) == 0
+    assert main(["train", "--output-dir", str(out), *FAST, "--encode-cache", str(tmp_path / "encoded"), *extra]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no scratch checkpoints or temp files
     return summary
@@ -34,6 +35,7 @@ def test_soft_prompt_on_tiny_musicgen(tmp_path):
     assert (summary["family"], summary["train_clips"], summary["eval_clips"], summary["steps"]) == ("musicgen", 4, 1, 2)
     assert summary["trainable_parameters"] > 0
     assert_finite(summary, "eval_cross_entropy_before", "eval_cross_entropy_after", "best_eval_loss")
+    assert len(list((tmp_path / "encoded").rglob("*.safetensors"))) == 5  # every clip's codes, cached once
     base = load_base("tiny-musicgen", "cpu")
     model = musicpeft.load_adapter(base.model, summary["adapter_dir"])
     assert model.peft_config["default"].num_virtual_tokens == 4
@@ -60,6 +62,7 @@ def test_soft_prompt_on_tiny_audioldm2_then_generate(tmp_path):
     summary = train(tmp_path, "--base", "tiny-audioldm2", "--data", "rendered:107:3", "--clip-seconds", "1.28",
                     "--eval-fraction", "0.34")
     assert (summary["family"], summary["steps"]) == ("audioldm2", 2)
+    assert list((tmp_path / "encoded").rglob("*.safetensors"))  # VAE latents cached
     assert_finite(summary, "eval_loss_before", "eval_loss_after")
     pipe = load_base("tiny-audioldm2", "cpu").model
     musicpeft.load_adapter(pipe, summary["adapter_dir"])
@@ -90,3 +93,69 @@ def test_folder_without_metadata_and_bad_numbers(tmp_path):
         TrainArguments(base="tiny-musicgen", data="rendered:107:4", eval_fraction=1.0)
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
         TrainArguments(base="tiny-musicgen", data="rendered:107:4", max_steps=0)
+
+
+def test_non_empty_output_dir_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"stale adapter")
+    common = ["--base", "tiny-musicgen", "--data", "rendered:107:2", "--eval-fraction", "0", "--output-dir", str(out),
+              *FAST]
+    with pytest.raises(OutputDirNotEmptyError, match=r"is not empty \(adapter_model.safetensors\).*--overwrite"):
+        main(["train", *common])
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no staging folder left beside it
+    assert (out / "adapter_model.safetensors").read_bytes() == b"stale adapter"
+    (out / "stale-notes.txt").write_text("from an older run")
+    assert main(["train", *common, "--overwrite", "--method", "lora:attn"]) == 0
+    assert "stale-notes.txt" not in {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    model = musicpeft.load_adapter(load_base("tiny-musicgen", "cpu").model, str(out))
+    assert model.peft_config["default"].r == 2  # the new LoRA, not the stale file
+
+
+@pytest.mark.parametrize("base", ["tiny-musicgen", "tiny-audioldm2"])
+def test_infinite_learning_rate_stops_with_an_error_and_saves_nothing(tmp_path, capsys, base):
+    out = tmp_path / "adapter"
+    argv = ["train", "--base", base, "--data", "rendered:107:2", "--eval-fraction", "0", "--output-dir", str(out),
+            "--learning-rate", "inf", *FAST]
+    if base == "tiny-audioldm2":
+        argv += ["--clip-seconds", "1.28"]
+    assert main(argv, raise_errors=False) == 2
+    err = capsys.readouterr().err  # progress bars aside, one line: the reason
+    errors = [line[line.index("musicpeft train: error:"):] for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("musicpeft train: error: training stopped") and "finite" in errors[0], errors
+    assert list(tmp_path.iterdir()) == []  # no adapter, no summary, no staging folder
+    with pytest.raises(NonFiniteTrainingError, match="training stopped"):
+        main(argv)
+
+
+def _adapter_tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_checkpoint_dir_and_resume_reproduce_the_uninterrupted_run(tmp_path, capsys):
+    common = ["--base", "tiny-musicgen", "--data", "rendered:107:4", "--eval-fraction", "0", *FAST,
+              "--max-steps", "4", "--learning-rate", "0.01"]
+    assert main(["train", *common, "--output-dir", str(tmp_path / "straight"),
+                 "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    straight = _adapter_tensors(tmp_path / "straight")
+    summary = train(tmp_path, *common, "--resume", str(tmp_path / "ck" / "checkpoint-2"))
+    assert summary["steps"] == 4
+    resumed = _adapter_tensors(tmp_path / "adapter")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    model_only = tmp_path / "model-only"
+    model_only.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
+        (model_only / name).write_bytes((tmp_path / "ck" / "checkpoint-2" / name).read_bytes())
+    assert main(["train", *common, "--output-dir", str(tmp_path / "x"), "--resume", str(model_only)],
+                raise_errors=False) == 2
+    assert "lacks optimizer.pt" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="only MusicGen runs"):
+        main(["train", "--base", "tiny-audioldm2", "--data", "rendered:107:2", "--resume", str(model_only),
+              "--output-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -21,7 +21,8 @@ def load_audio(
 ) -> tuple[np.ndarray, int]:
     """Read an audio file with soundfile; optionally mix to mono and resample to ``sample_rate``.
 
-    Returns ``(audio, rate)``: float32, 1-D when ``mono`` else ``(frames, channels)``.
+    Returns ``(audio, rate)``: float32, 1-D when ``mono`` else ``(frames, channels)``. A file holding NaN or
+    infinite samples (float WAV/FLAC can) is refused with a ``ValueError`` naming it.
     """
     import soundfile as sf
 
@@ -31,6 +32,10 @@ def load_audio(
         raise ValueError(f"{os.fspath(path)}: cannot read audio ({type(e).__name__}: {e})") from e
     if audio.shape[0] == 0:
         raise ValueError(f"{os.fspath(path)}: the audio file holds no samples")
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:  # one NaN would turn the whole clip NaN once resampled or normalised
+        raise ValueError(f"{os.fspath(path)}: {bad} of {audio.size} samples are NaN or infinite; repair or remove "
+                         "the file")
     if mono:
         audio = to_mono(audio)
     if sample_rate is not None and sample_rate != rate:

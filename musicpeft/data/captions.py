@@ -3,7 +3,8 @@
 Why: fine-tuning data comes as audio files plus one JSON object per file with fields such as
 ``key, artist, sample_rate, file_extension, description, duration, bpm, genre, title,
 instrument, moods, path``. MusicGen was trained on descriptions enriched with such tags, so the
-prompt is the description followed by ``field: value`` tags, in audiocraft's style
+prompt is the description (or, in the datasets ``audiofolder`` convention,
+``text`` / ``caption``) followed by ``field: value`` tags, in audiocraft's style
 ("Calm solo piano. genre: classical. key: C major. bpm: 72"). Technical fields (paths, rates,
 durations) describe the file, not the music, and never enter the prompt.
 """
@@ -17,7 +18,9 @@ from collections.abc import Mapping, Sequence
 
 # fields that describe the music, in prompt order; the description leads
 CAPTION_FIELDS: tuple[str, ...] = ("title", "artist", "genre", "instrument", "moods", "key", "bpm")
-TECHNICAL_FIELDS: tuple[str, ...] = ("path", "sample_rate", "file_extension", "duration")
+TECHNICAL_FIELDS: tuple[str, ...] = ("path", "file_name", "sample_rate", "file_extension", "duration")
+# the free-text prompt: audiocraft's "description", or the datasets `audiofolder` convention's "text" / "caption"
+TEXT_FIELDS: tuple[str, ...] = ("description", "text", "caption")
 
 
 def _text(value: object) -> str:
@@ -40,26 +43,30 @@ def caption_from_metadata(record: Mapping, fields: Sequence[str] = CAPTION_FIELD
     """
     if not isinstance(record, Mapping):
         raise TypeError(f"caption_from_metadata: expected a mapping, got {type(record).__name__}: {record!r}")
-    description = _text(record.get("description")).rstrip(". ")
+    description = next((t for t in (_text(record.get(f)).rstrip(". ") for f in TEXT_FIELDS) if t), "")
     tags = [f"{name}: {text}" for name in fields if (text := _text(record.get(name)))]
     if not description and not tags:
         raise ValueError(
-            f"caption_from_metadata: record {_name(record)} has no description and none of the fields "
+            f"caption_from_metadata: record {_name(record)} has no {', '.join(TEXT_FIELDS)} and none of the fields "
             f"{list(fields)}; cannot build a prompt"
         )
     return ". ".join(([description] if description else []) + tags)
 
 
 def _name(record: Mapping) -> str:
-    for key in ("path", "key", "title"):
+    for key in ("file_name", "path", "key", "title"):
         if record.get(key):
             return f"{key}={record[key]!r}"
     return repr(dict(record))[:200]
 
 
-def load_metadata(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines metadata file: one JSON object per non-empty line."""
-    records = []
+def read_metadata_lines(path: str | os.PathLike) -> list[tuple[int, dict | None, str | None]]:
+    """``(line number, record or None, problem or None)`` for each non-empty line of a JSON-lines file.
+
+    A line that is not a JSON object comes back with its problem instead of stopping the whole file, so a
+    caller can skip it and say so.
+    """
+    rows: list[tuple[int, dict | None, str | None]] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -67,8 +74,21 @@ def load_metadata(path: str | os.PathLike) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{os.fspath(path)}:{number}: not valid JSON ({e.msg})") from e
+                rows.append((number, None, f"{os.fspath(path)}:{number}: not valid JSON ({e.msg})"))
+                continue
             if not isinstance(record, dict):
-                raise ValueError(f"{os.fspath(path)}:{number}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+                rows.append((number, None, f"{os.fspath(path)}:{number}: expected a JSON object, "
+                                           f"got {type(record).__name__}"))
+                continue
+            rows.append((number, record, None))
+    return rows
+
+
+def load_metadata(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines metadata file: one JSON object per non-empty line (the first bad line raises)."""
+    records = []
+    for _, record, problem in read_metadata_lines(path):
+        if problem is not None:
+            raise ValueError(problem)
+        records.append(record)
     return records

@@ -7,6 +7,7 @@ array instead of a Python list of a million floats.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Literal
 import numpy as np
 
 from . import audio as audio_utils
-from .captions import caption_from_metadata, load_metadata
+from .captions import caption_from_metadata, read_metadata_lines
 from .render import render_clips
+
+log = logging.getLogger(__name__)
 
 
 def _to_dataset(audios: list[np.ndarray], texts: list[str]):
@@ -31,17 +34,39 @@ def _to_dataset(audios: list[np.ndarray], texts: list[str]):
 
 
 def _audio_path(folder: Path, record: dict, metadata: Path, line: int) -> Path:
-    """Where a record's audio lives: ``path``, relative to the folder unless absolute.
+    """Where a record's audio lives: ``file_name`` (the datasets ``audiofolder`` convention) or ``path``
+    (audiocraft's), relative to the folder unless absolute.
 
-    ``key`` is the musical key in this metadata layout (audiocraft's), never a file name; a
-    ``path`` without a suffix gets ``file_extension``.
+    ``key`` is the musical key in audiocraft's layout, never a file name; a ``path`` without a suffix gets
+    ``file_extension``.
     """
-    if not record.get("path"):
-        raise ValueError(f"{metadata}: record {line} has no 'path' naming its audio file")
-    path = Path(str(record["path"]))
+    name = record.get("file_name") or record.get("path")
+    if not name or not isinstance(name, str):
+        raise ValueError(f"{metadata}:{line}: the record has no 'file_name' (or 'path') naming its audio file")
+    path = Path(name)
     if not path.suffix and record.get("file_extension"):
         path = path.with_suffix("." + str(record["file_extension"]).lstrip("."))
     return path if path.is_absolute() else folder / path
+
+
+def _load_row(folder: Path, record: dict, meta_path: Path, line: int, sample_rate: int, trim_silence: bool,
+              normalize: str) -> tuple[np.ndarray, str]:
+    """One metadata row's prompt and prepared audio; ``ValueError`` naming the row or file when unusable."""
+    path = _audio_path(folder, record, meta_path, line)
+    try:
+        text = caption_from_metadata(record)
+    except ValueError as e:
+        raise ValueError(f"{meta_path}:{line}: {e}") from e
+    if not path.is_file():
+        raise ValueError(f"{path}: no such audio file ({meta_path}:{line})")
+    wav, _ = audio_utils.load_audio(path, sample_rate=sample_rate)
+    if trim_silence:
+        wav = audio_utils.trim_silence(wav)
+    if normalize == "peak":
+        wav = audio_utils.peak_normalize(wav)
+    elif normalize == "loudness":
+        wav = audio_utils.loudness_normalize(wav)
+    return wav, text
 
 
 def load_audio_folder(
@@ -55,9 +80,14 @@ def load_audio_folder(
 ):
     """Load every file listed in ``folder/metadata`` (JSON lines) as mono ``sample_rate`` chunks.
 
-    Each record names its file in ``path`` and gets its prompt from
-    :func:`caption_from_metadata`; every chunk of a file carries that prompt. ``chunk_seconds=None``
+    Each record names its file in ``file_name`` (the datasets ``audiofolder`` convention) or ``path``
+    (audiocraft's) and gets its prompt from :func:`caption_from_metadata` (``text``, ``caption`` or
+    ``description`` plus musical tags); every chunk of a file carries that prompt. ``chunk_seconds=None``
     keeps whole files. A file shorter than one chunk yields nothing under ``remainder="drop"``.
+
+    A row that cannot be used (bad JSON, no file name or caption, a missing or unreadable file, NaN/Inf
+    samples) is skipped and reported by name in a warning, so one bad file never stops a run; the
+    dataset's ``info.description`` lists them too. No usable chunk at all is an error listing why.
     """
     folder = Path(folder)
     meta_path = folder / metadata
@@ -67,23 +97,31 @@ def load_audio_folder(
         raise ValueError(f"load_audio_folder: normalize must be 'peak', 'loudness' or 'none', got {normalize!r}")
     audios: list[np.ndarray] = []
     texts: list[str] = []
-    for line, record in enumerate(load_metadata(meta_path), start=1):
-        text = caption_from_metadata(record)
-        wav, _ = audio_utils.load_audio(_audio_path(folder, record, meta_path, line), sample_rate=sample_rate)
-        if trim_silence:
-            wav = audio_utils.trim_silence(wav)
-        if normalize == "peak":
-            wav = audio_utils.peak_normalize(wav)
-        elif normalize == "loudness":
-            wav = audio_utils.loudness_normalize(wav)
+    skipped: list[str] = []
+    for line, record, problem in read_metadata_lines(meta_path):
+        if record is None:
+            skipped.append(str(problem))
+            continue
+        try:
+            wav, text = _load_row(folder, record, meta_path, line, sample_rate, trim_silence, normalize)
+        except ValueError as e:
+            skipped.append(str(e))
+            continue
         pieces = [wav] if chunk_seconds is None else audio_utils.chunk(wav, sample_rate, chunk_seconds, remainder)
         audios.extend(pieces)
         texts.extend([text] * len(pieces))
+    if skipped:
+        log.warning("load_audio_folder: skipped %d row(s) of %s:\n  %s", len(skipped), meta_path,
+                    "\n  ".join(skipped))
     if not audios:
+        why = f"; skipped rows: {'; '.join(skipped)}" if skipped else ""
         raise ValueError(
-            f"{meta_path}: no audio chunks of {chunk_seconds} s (files too short for remainder={remainder!r}?)"
+            f"{meta_path}: no audio chunks of {chunk_seconds} s (files too short for remainder={remainder!r}?){why}"
         )
-    return _to_dataset(audios, texts)
+    dataset = _to_dataset(audios, texts)
+    if skipped:
+        dataset.info.description = f"skipped {len(skipped)} unusable row(s): " + "; ".join(skipped)
+    return dataset
 
 
 def default_caption(program: int | None) -> str:

@@ -35,6 +35,8 @@ CACHE_VERSION = "v1"
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 _SILENT_PEAK = 1e-4  # raw synth output below this everywhere counts as silence
 _synths: dict[int, object] = {}
+# errors that say nothing about the score: a later run may well succeed, so they are never cached
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, ImportError)
 
 
 def cache_dir() -> Path:
@@ -143,7 +145,8 @@ def midi_bytes(score_path: str | os.PathLike) -> bytes:
     """MIDI bytes of a score (``.mid`` read as is, others converted with music21), cached on disk.
 
     A piece that music21 cannot convert raises ``ValueError`` naming it; the failure is cached too,
-    so a batch run does not pay for it twice.
+    so a batch run does not pay for it twice. Failures of the machine rather than the score
+    (:data:`TRANSIENT_ERRORS`: I/O, memory, a missing package) propagate as they are and are not cached.
     """
     path = Path(score_path)
     if not path.is_file():
@@ -158,7 +161,9 @@ def midi_bytes(score_path: str | os.PathLike) -> bytes:
         raise ValueError(f"{path}: music21 cannot convert this score to MIDI ({bad.read_text()})")
     try:
         data = _score_to_midi(path)
-    except Exception as e:  # music21 raises many types; record the reason and report it
+    except TRANSIENT_ERRORS:
+        raise  # the machine's trouble (I/O, memory, a missing package), not the score's: never cached
+    except Exception as e:  # music21 raises many types for a score it cannot convert: record and report it
         reason = f"{type(e).__name__}: {e}"
         _write_bytes(bad, reason.encode())
         raise ValueError(f"{path}: music21 cannot convert this score to MIDI ({reason})") from e
@@ -258,18 +263,23 @@ def render_clips(
     """``n`` clips of exactly ``seconds`` seconds, each from the start of a different corpus piece.
 
     Pieces are visited in an order fixed by ``seed``; pieces music21 cannot convert, pieces
-    shorter than ``seconds`` and clips that are mostly silent are skipped (logged at DEBUG).
+    shorter than ``seconds`` and clips that are mostly silent are skipped (logged at DEBUG). Asking for
+    more clips than the corpus has pieces fails at once, and the search stops as soon as the pieces left
+    cannot make up the number.
     """
     if n < 0 or seconds <= 0:
         raise ValueError(f"render_clips: need n >= 0 and seconds > 0, got n={n}, seconds={seconds}")
     pieces = corpus_pieces(composer=composer)
+    if n > len(pieces):
+        raise ValueError(f"render_clips: n={n} clips asked for, but the music21 corpus holds only {len(pieces)} "
+                         f"pieces (composer={composer!r}), one clip each; ask for at most {len(pieces)}")
     order = np.random.default_rng(seed).permutation(len(pieces))
     length = int(round(seconds * sample_rate))
     clips: list[np.ndarray] = []
     tried = 0
     for i in order:
-        if len(clips) == n:
-            break
+        if len(clips) == n or len(clips) + len(order) - tried < n:
+            break  # done, or too few pieces left to reach n even if all of them work: fail now
         tried += 1
         try:
             audio = render_score(pieces[i], sample_rate=sample_rate, program=program, max_seconds=seconds)

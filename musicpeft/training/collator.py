@@ -21,6 +21,7 @@ soft-prompt paper does).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -211,13 +212,27 @@ class MusicgenCollator:
         return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "labels": batch}
 
 
-def precompute_codes(dataset: Any, model: Any, batch_size: int = 8, keep_audio: bool = False) -> Any:
+def codec_fingerprint(model: Any) -> str:
+    """Fingerprint of a MusicGen's EnCodec (class, config, weights): the codes cache key's codec half."""
+    from .encoding_cache import module_fingerprint
+
+    return module_fingerprint(base_musicgen(model).audio_encoder)
+
+
+def precompute_codes(
+    dataset: Any, model: Any, batch_size: int = 8, keep_audio: bool = False, cache_dir: str | os.PathLike | None = None
+) -> Any:
     """Encode a dataset's ``audio`` column to EnCodec ``codes`` once (int16, ``[codebooks, frames]``).
 
     Training then skips EnCodec at every step; the collator reads ``codes`` when present.
-    ``audio`` is dropped unless ``keep_audio``.
+    ``audio`` is dropped unless ``keep_audio``. With ``cache_dir``, each clip's codes are also stored on disk
+    (safetensors, :mod:`musicpeft.training.encoding_cache`) keyed by the clip's samples and the codec's
+    fingerprint, and a later call (another run, another epoch loop, a dataset sharing clips) encodes only
+    the clips not seen before.
     """
     import datasets
+
+    from .encoding_cache import EncodingCache, audio_key, cached_encode
 
     if "audio" not in dataset.column_names:
         raise KeyError(f"precompute_codes: the dataset has no 'audio' column (columns: {dataset.column_names})")
@@ -226,9 +241,17 @@ def precompute_codes(dataset: Any, model: Any, batch_size: int = 8, keep_audio: 
     base = base_musicgen(model)
     if base.config.audio_encoder.codebook_size > 32767:
         raise ValueError(f"codebook_size={base.config.audio_encoder.codebook_size} does not fit the int16 codes column")
+    rate = int(base.config.audio_encoder.sampling_rate)
+    cache = None if cache_dir is None else EncodingCache(cache_dir, "encodec-codes", codec_fingerprint(model))
 
     def encode(batch: dict) -> dict:
-        return {"codes": [c.to(torch.int16).numpy() for c in encode_audio(model, batch["audio"])]}
+        audios = batch["audio"]
+        keys = [audio_key(a, rate) for a in audios]
+
+        def fresh(indices: list[int]) -> list[dict[str, torch.Tensor]]:
+            return [{"codes": c.to(torch.int16)} for c in encode_audio(model, [audios[i] for i in indices])]
+
+        return {"codes": [t["codes"].numpy() for t in cached_encode(cache, keys, fresh)]}
 
     features = dataset.features.copy()
     features["codes"] = datasets.Sequence(datasets.Sequence(datasets.Value("int16")))
@@ -240,7 +263,7 @@ def precompute_codes(dataset: Any, model: Any, batch_size: int = 8, keep_audio: 
         batch_size=batch_size,
         remove_columns=None if keep_audio else ["audio"],
         features=features,
-        # codes depend on the model's weights, which a fingerprint cannot see: never reuse a cache
+        # codes depend on the model's weights, which a fingerprint cannot see: never reuse a datasets cache
         new_fingerprint=uuid.uuid4().hex,
         load_from_cache_file=False,
         desc="EnCodec codes",

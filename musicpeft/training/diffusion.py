@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diffusion_data import AudioTextCollator, IndexedDataset, MelConfig, log_mel
+from .finite import check_finite_gradients, check_finite_loss, check_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ class DiffusionTrainingArguments:
     sampling_rate: int | None = field(
         default=None, metadata={"help": "Rate of the dataset's audio when it has no `sampling_rate` column."}
     )
+    latent_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Cache each clip's VAE latent distribution here (safetensors, keyed by the clip and the "
+                  "VAE's fingerprint): epochs after the first do no VAE encoding. None: encode every step."},
+    )
     normalize_audio: bool = field(default=True, metadata={"help": "AudioLDM's mean removal + peak-to-0.5 scaling."})
     random_crop: bool = field(default=True, metadata={"help": "Crop long training clips at a random offset."})
     seed: int = field(default=0, metadata={"help": "Seed of shuffling, crops, noise and timesteps."})
@@ -106,19 +112,20 @@ def diffusion_loss(
     noise_scheduler: Any,
     mel_config: MelConfig | None = None,
     generator: torch.Generator | None = None,
+    latent_cache: Any = None,
 ) -> torch.Tensor:
     """Per-example denoising MSE `[batch]` for waveforms at the vocoder's rate and their captions.
 
     The VAE encodes without gradient (it is never trained here); text encoders and U-Net run with
     gradient wherever their parameters require it. `generator` fixes latents sampling, noise and
-    timesteps (evaluation); None draws them from the global RNG (training).
+    timesteps (evaluation); None draws them from the global RNG (training). `latent_cache` (an
+    `EncodingCache` from `latent_cache_for`) keeps each clip's VAE latent distribution on disk.
     """
     mel_config = mel_config or MelConfig.from_pipeline(pipe)
     vae, unet = pipe.vae, pipe.unet
     device = waveform.device
     with torch.no_grad():
-        mel = log_mel(waveform, mel_config).to(vae.dtype)
-        latents = vae.encode(mel).latent_dist.sample(generator=generator)
+        latents = latent_distribution(pipe, waveform, mel_config, latent_cache).sample(generator=generator)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = (latents - shift) * vae.config.scaling_factor
     prompt_embeds, attention_mask, generated_embeds = pipe.encode_prompt(
@@ -145,6 +152,43 @@ def diffusion_loss(
     else:
         raise ValueError(f"Unsupported scheduler prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def latent_cache_for(pipe: Any, directory: str | os.PathLike | None, mel_config: MelConfig | None = None) -> Any:
+    """An `EncodingCache` of VAE latent distributions for this pipeline's VAE and mel settings (None: off)."""
+    if directory is None:
+        return None
+    from .encoding_cache import EncodingCache, module_fingerprint
+
+    mel_config = mel_config or MelConfig.from_pipeline(pipe)
+    return EncodingCache(directory, "vae-latents", module_fingerprint(pipe.vae, repr(mel_config)))
+
+
+@torch.no_grad()
+def latent_distribution(pipe: Any, waveform: torch.Tensor, mel_config: MelConfig, cache: Any = None) -> Any:
+    """The VAE's latent distribution of each waveform (mean and log-variance), from `cache` when there.
+
+    The distribution (not a sample) is cached, so every step still draws fresh latents as without a cache.
+    The key is the exact waveform row fed to the VAE, so a random crop simply misses the cache.
+    """
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    vae = pipe.vae
+
+    def encode(rows: list[int]) -> list[dict[str, torch.Tensor]]:
+        mel = log_mel(waveform[rows], mel_config).to(vae.dtype)
+        params = vae.encode(mel).latent_dist.parameters
+        return [{"parameters": p} for p in params]
+
+    if cache is None:
+        return vae.encode(log_mel(waveform, mel_config).to(vae.dtype)).latent_dist
+    from .encoding_cache import audio_key, cached_encode
+
+    rows = waveform.detach().float().cpu().numpy()
+    keys = [audio_key(row, mel_config.sampling_rate) for row in rows]
+    found = cached_encode(cache, keys, encode)
+    params = torch.stack([f["parameters"].to(waveform.device, vae.dtype) for f in found])
+    return DiagonalGaussianDistribution(params)
 
 
 # ------------------------------------------------------------------------------------- trainable state
@@ -293,6 +337,7 @@ def evaluate_audioldm2(pipe: Any, eval_dataset: Any, args: DiffusionTrainingArgu
         loader = accelerator.prepare(loader)
     modes = {name: m.training for name, m in _modules(pipe).items()}
     scheduler, mel = _noise_scheduler(pipe), MelConfig.from_pipeline(pipe)
+    latent_cache = latent_cache_for(pipe, args.latent_cache_dir, mel)
     generator = torch.Generator(device=device).manual_seed(args.eval_seed)
     total, count = 0.0, 0
     try:
@@ -300,7 +345,8 @@ def evaluate_audioldm2(pipe: Any, eval_dataset: Any, args: DiffusionTrainingArgu
             module.eval()
         with torch.no_grad():
             for batch in loader:
-                losses = diffusion_loss(pipe, batch["waveform"].to(device), batch["text"], scheduler, mel, generator)
+                losses = diffusion_loss(pipe, batch["waveform"].to(device), batch["text"], scheduler, mel, generator,
+                                        latent_cache)
                 if accelerator is not None:
                     losses = accelerator.gather_for_metrics(losses)
                 total, count = total + losses.sum().item(), count + losses.numel()
@@ -326,6 +372,9 @@ def train_audioldm2(
     parameters run in train mode, the rest in eval mode. With `args.output_dir`, the best state by eval
     loss goes to `output_dir/best/` and the final one to `output_dir/last/`; `save_fn(pipe, directory)` is
     called after each such save (e.g. to write an adapter in its own format) and needs `output_dir`.
+
+    A NaN/Inf loss, gradient or trainable weight stops training with `musicpeft.errors.NonFiniteTrainingError`
+    (nothing more is written to `output_dir`).
 
     Returns the history: `train_loss` (one entry per logging window), `eval_loss` (one per evaluation),
     `best_eval_loss`, `best_epoch`, `global_step`.
@@ -365,6 +414,7 @@ def train_audioldm2(
                                  num_training_steps=total_steps * accelerator.num_processes)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     noise_scheduler, mel = _noise_scheduler(pipe), MelConfig.from_pipeline(pipe)
+    latent_cache = latent_cache_for(pipe, args.latent_cache_dir, mel)
 
     def on_save(directory: str | None) -> None:
         if save_fn is not None and directory is not None:
@@ -391,16 +441,21 @@ def train_audioldm2(
             for batch in train_loader:
                 with accelerator.accumulate():
                     with accelerator.autocast():
-                        loss = diffusion_loss(pipe, batch["waveform"], batch["text"], noise_scheduler, mel).mean()
+                        loss = diffusion_loss(pipe, batch["waveform"], batch["text"], noise_scheduler, mel,
+                                              latent_cache=latent_cache).mean()
+                    check_finite_loss(loss, global_step + 1)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         _average_gradients(accelerator, params)
+                        check_finite_gradients(named.items(), global_step + 1)
                         if args.max_grad_norm is not None:
                             accelerator.clip_grad_norm_(params, args.max_grad_norm)
                     lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if accelerator.sync_gradients:
+                        check_finite_weights(named.items(), global_step + 1)
                 window.append(loss.detach().float().item())
                 if not accelerator.sync_gradients:
                     continue

@@ -17,9 +17,12 @@ What this module fixes that a bare ``Trainer(model, args, collator)`` gets wrong
 * Early stopping needs evaluation and saving on the same schedule, ``load_best_model_at_end``
   and ``metric_for_best_model="eval_loss"`` (lower is better); set when an eval set is given.
 
-Checkpoints hold the model only (``save_only_model=True`` by default): no optimizer or RNG state,
-which the Trainer writes with pickle. Pass ``save_only_model=False`` to be able to resume. The
-training arguments are saved as ``training_args.json`` instead of the pickled ``training_args.bin``.
+Checkpoints hold the model only (``save_only_model=True`` by default): no optimizer or RNG state.
+Pass ``save_only_model=False`` to be able to resume (the Trainer reads those states back with
+``torch.load(weights_only=True)``, which runs no code). Resuming from a model-only checkpoint is refused
+(:func:`check_resumable`): the Trainer would silently restart the optimizer and the learning-rate
+schedule. The training arguments are saved as ``training_args.json`` instead of the pickled
+``training_args.bin``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from typing import Any
 
 import torch
 
+from ..errors import ResumeError
 from .collator import MusicgenCollator, base_musicgen
+from .finite import check_finite_loss, finite_check_callback
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,21 @@ def _musicgen_trainer_class():
     from transformers import Trainer
 
     class MusicgenTrainer(Trainer):
-        """``Trainer`` that saves its arguments as JSON, not as a pickle (``training_args.bin``)."""
+        """``Trainer`` that saves its arguments as JSON, not as a pickle (``training_args.bin``), and stops at
+        the first non-finite loss (:mod:`musicpeft.training.finite`; gradients and weights are checked by
+        the callback :func:`make_musicgen_trainer` adds)."""
+
+        def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint:
+                check_resumable(resume_from_checkpoint)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            check_finite_loss(loss, self.state.global_step + 1)
+            return loss
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             super()._save(output_dir, state_dict)
@@ -110,6 +129,44 @@ def _musicgen_trainer_class():
     return MusicgenTrainer
 
 
+# what a checkpoint needs for an exact resume (names as the Trainer writes them)
+RESUME_FILES = {
+    "trainer_state.json": "the step, epoch and best metric",
+    "optimizer.pt": "the optimizer state (AdamW moments)",
+    "scheduler.pt": "the learning-rate schedule",
+    "rng_state.pth": "the random number generators",
+}
+
+
+def last_checkpoint(directory: str | os.PathLike) -> str:
+    """The ``checkpoint-<step>`` folder with the highest step in ``directory``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not os.path.isdir(directory):
+        raise ResumeError(f"resume: checkpoint folder {directory} does not exist")
+    found = get_last_checkpoint(os.fspath(directory))
+    if found is None:
+        raise ResumeError(f"resume: {directory} holds no checkpoint-<step> folder")
+    return found
+
+
+def check_resumable(checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint that cannot resume exactly: missing, or saved with ``save_only_model=True``."""
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.isdir(checkpoint):
+        raise ResumeError(f"resume: {checkpoint} is not a checkpoint folder")
+    missing = [name for name in RESUME_FILES if not os.path.isfile(os.path.join(checkpoint, name))]
+    if os.path.isfile(os.path.join(checkpoint, "optimizer.bin")) and "optimizer.pt" in missing:
+        missing.remove("optimizer.pt")
+    if os.path.isfile(os.path.join(checkpoint, "rng_state_0.pth")):  # several processes: one file each
+        missing.remove("rng_state.pth")
+    if missing:
+        what = "; ".join(f"{m} ({RESUME_FILES[m]})" for m in missing)
+        raise ResumeError(f"resume: {checkpoint} lacks {what}; it was saved with the model only, and resuming "
+                          "would silently restart the optimizer and schedule. Resume from a checkpoint written "
+                          "with save_only_model=False (musicpeft train --checkpoint-dir), or train from scratch")
+
+
 def make_musicgen_trainer(
     model: Any,
     processor: Any,
@@ -125,7 +182,8 @@ def make_musicgen_trainer(
     ``TrainingArguments`` fields applied on top (``output_dir=...``, ``max_steps=...``). With an
     ``eval_dataset`` and ``early_stopping_patience`` set, an ``EarlyStoppingCallback`` stops
     training after that many evaluations without a lower ``eval_loss`` and the best checkpoint is
-    loaded at the end. ``max_text_length`` in ``overrides`` goes to the collator.
+    loaded at the end. ``max_text_length`` in ``overrides`` goes to the collator. A NaN/Inf loss, gradient
+    or trainable weight stops training with :class:`~musicpeft.errors.NonFiniteTrainingError`.
     """
     from transformers import EarlyStoppingCallback
 
@@ -134,7 +192,9 @@ def make_musicgen_trainer(
     collator = MusicgenCollator(processor, model, max_text_length=overrides.pop("max_text_length", None))
     early = eval_dataset is not None and early_stopping_patience is not None
     training_args = _training_args(args, eval_dataset is not None, early, overrides)
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)] if early else []
+    callbacks = [finite_check_callback()]
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = _musicgen_trainer_class()(
         model=model,
         args=training_args,
