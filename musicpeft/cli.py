@@ -77,7 +77,7 @@ class PushArguments:
     folder: str = dataclasses.field(metadata={"help": "Adapter folder written by musicpeft.save_adapter."})
     repo_id: str = dataclasses.field(metadata={"help": "Hub repo, 'user/name' (or 'name' in your namespace)."})
     private: bool = dataclasses.field(
-        default=False, metadata={"help": "Create the repo private.", "type": lambda v: v.lower() in ("1", "true")}
+        default=False, metadata={"help": "Create the repo private (a flag: --private, no value).", "flag": True}
     )
     description: str | None = dataclasses.field(
         default=None, metadata={"help": "A paragraph for the model card.", "type": str}
@@ -88,6 +88,32 @@ class PushArguments:
     training_data: str | None = dataclasses.field(
         default=None, metadata={"help": "What the adapter was trained on, for the card.", "type": str}
     )
+    results: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "results.json of `musicpeft evaluate`: the card's metrics table (base vs this adapter) "
+                  "and, without --samples, its first clips as audio samples.", "type": str},
+    )
+    results_model: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "This adapter's name in --results when the run compared several.", "type": str},
+    )
+    samples: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Audio files to upload under samples/ and link in the card, with their spectrograms.",
+                  "type": str, "nargs": "+"},
+    )
+
+
+def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    """PushArguments as flags; a boolean is a plain switch (`--private`), so `--private yes` is refused."""
+    for f in dataclasses.fields(PushArguments):
+        if f.metadata.get("flag"):
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
+                                help=f.metadata["help"])
+    plain = dataclasses.make_dataclass(
+        "PushValues", [(f.name, f.type, f) for f in dataclasses.fields(PushArguments) if not f.metadata.get("flag")]
+    )
+    _add_dataclass_arguments(parser, plain)
 
 
 def _push(namespace: argparse.Namespace) -> int:
@@ -95,7 +121,8 @@ def _push(namespace: argparse.Namespace) -> int:
 
     args = PushArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(PushArguments)})
     card = {k: getattr(args, k) for k in ("description", "base_model", "training_data") if getattr(args, k)}
-    url = push_adapter_folder(args.folder, args.repo_id, private=args.private, model_card=card or None)
+    url = push_adapter_folder(args.folder, args.repo_id, private=args.private, model_card=card or None,
+                              results=args.results, results_model=args.results_model, samples=args.samples)
     print(f"Uploaded {args.folder} to {args.repo_id}: {url}")
     return 0
 
@@ -122,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_arguments(evaluate, EvaluateArguments)
     evaluate.set_defaults(run=_evaluate, subparser=evaluate)
     push = commands.add_parser("push", help="Upload a saved adapter folder to the Hub with a model card.")
-    _add_dataclass_arguments(push, PushArguments)
+    _add_push_arguments(push)
     push.set_defaults(run=_push, subparser=push)
     return parser
 

@@ -1,12 +1,13 @@
 """Publish an adapter on the Hugging Face Hub with a model card that says how to load it.
 
-`push_adapter_to_hub` saves the adapter exactly as `musicpeft.save_adapter` does (safetensors only),
-adds a `README.md` rendered by `render_model_card`, and uploads the folder in one commit with
-`HfApi.upload_folder`. The card's YAML header (`library_name: peft`, tags, `base_model`,
-`pipeline_tag`) is what makes the adapter findable on the Hub and lets the Hub link it to its base
-model; its body documents the method, the hyper-parameters and both ways to load it (musicpeft and
-plain peft), since a peft plugin's adapters load with `PeftModel.from_pretrained` only after
-`import musicpeft`.
+`push_adapter_to_hub` saves the adapter exactly as `musicpeft.save_adapter` does (safetensors only);
+`push_adapter_folder` (what `musicpeft push` runs) takes a folder `save_adapter` wrote. Either way only
+the adapter's own files go up: `musicpeft_adapter.json`, and per adapted component `adapter_config.json`
+and `adapter_model.safetensors` (`adapter_files`), never anything else that happens to sit in the folder,
+and never through a symbolic link (a link is refused, naming it: following one once uploaded a secret).
+Next to them: the `README.md` card (`musicpeft.model_card`), with a metrics table when the results.json
+of `musicpeft evaluate` is given, and declared audio samples under `samples/` with a spectrogram PNG.
+Everything goes up in one commit.
 """
 
 from __future__ import annotations
@@ -14,40 +15,31 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from peft import PeftConfig
 
-from .families import ModelFamily, family_of, get_family
+from .adapter_files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
+from .families import get_family
+from .model_card import (
+    CARD_KEYS,
+    CardSample,
+    check_card_keys,
+    evaluation_table,
+    method_name,
+    render_model_card,
+    spectrogram_png,
+)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "adapter.md"
+__all__ = ["CARD_KEYS", "adapter_files", "push_adapter_folder", "push_adapter_to_hub", "render_model_card"]
 
-# Keys accepted in `model_card` / `extra`, with what each one fills.
-CARD_KEYS = {
-    "description": "a paragraph under the title",
-    "base_model": "Hub id of the base model (overrides the one recorded in the adapter config)",
-    "license": "license id for the metadata (e.g. 'apache-2.0')",
-    "language": "language code(s) of the prompts (metadata)",
-    "datasets": "Hub dataset ids the adapter was trained on (metadata)",
-    "tags": "extra tags (metadata)",
-    "training_data": "the 'Training data' section (markdown)",
-    "metrics": "the 'Metrics' section: {metric name: value}",
-}
-
-# How the card's snippets build the base object, per family: (import line, variable, loader call).
-_BASE_LOADERS = {
-    "musicgen": (
-        "from transformers import MusicgenForConditionalGeneration",
-        "model",
-        "MusicgenForConditionalGeneration.from_pretrained({base})",
-    ),
-    "audioldm2": ("from diffusers import AudioLDM2Pipeline", "pipe", "AudioLDM2Pipeline.from_pretrained({base})"),
-}
-_CONFIG_NOISE = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SAMPLE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+SAMPLES_FOLDER = "samples"
+MAX_SAMPLES_FROM_RESULTS = 4
 
 
 def push_adapter_to_hub(
@@ -59,19 +51,24 @@ def push_adapter_to_hub(
     token: str | None = None,
     commit_message: str | None = None,
     model_card: dict[str, Any] | None = None,
+    results: str | os.PathLike | None = None,
+    results_model: str | None = None,
+    samples: Sequence[str | os.PathLike] | None = None,
 ) -> str:
-    """Upload one adapter (weights, config, model card) to the Hub repo `repo_id`; returns the commit URL.
+    """Upload one adapter (weights, config, model card, samples) to the Hub repo `repo_id`; returns the commit URL.
 
     The repo is created if needed (`private` applies only then). `model_card` fills the card's optional
-    parts; see `CARD_KEYS`. Nothing is uploaded if the model card cannot be rendered.
+    parts (see `CARD_KEYS`); `results` is a `musicpeft evaluate` results.json for the metrics table
+    (`results_model`: this adapter's name in it); `samples` are audio files to upload and link (default:
+    the first clips of this adapter in `results`). Nothing is uploaded if any of it is unusable.
     """
     from .api import save_adapter
 
-    _check_card_keys(model_card or {})
-    family = family_of(model_or_pipe)
     with tempfile.TemporaryDirectory(prefix="musicpeft-push-") as folder:
         save_adapter(model_or_pipe, folder, adapter_name)
-        return _upload(folder, repo_id, family, private, token, commit_message, model_card)
+        return push_adapter_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                                   model_card=model_card, results=results, results_model=results_model,
+                                   samples=samples)
 
 
 def push_adapter_folder(
@@ -82,154 +79,178 @@ def push_adapter_folder(
     token: str | None = None,
     commit_message: str | None = None,
     model_card: dict[str, Any] | None = None,
+    results: str | os.PathLike | None = None,
+    results_model: str | None = None,
+    samples: Sequence[str | os.PathLike] | None = None,
 ) -> str:
-    """Upload an adapter folder written by `musicpeft.save_adapter` (what `musicpeft push` does)."""
-    import shutil
+    """Upload an adapter folder written by `musicpeft.save_adapter` (what `musicpeft push` does).
 
-    from .adapter_files import AdapterFileError, check_local_adapter_folder
+    Arguments as for `push_adapter_to_hub`. Every input is checked before anything is sent.
+    """
+    folder = os.fspath(folder)
+    files, family_name = adapter_files(folder)
+    family = get_family(family_name)
+    check_card_keys(model_card or {})
+    evaluation = None
+    if results is not None:
+        evaluation = evaluation_table(results, results_model, folder)
+    chosen = _samples(samples, evaluation)
+    with tempfile.TemporaryDirectory(prefix="musicpeft-push-") as staging:
+        # A copy of exactly the adapter's files, so that nothing else in the folder (nor the README written
+        # for the Hub) is uploaded or lands in the user's folder.
+        for relative in files:
+            target = os.path.join(staging, relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(os.path.join(folder, relative), target, follow_symlinks=False)
+        card_samples, spectrogram = _stage_samples(chosen, staging)
+        return _upload(staging, repo_id, family, private, token, commit_message, model_card, evaluation,
+                       card_samples, spectrogram)
+
+
+def adapter_files(folder: str | os.PathLike) -> tuple[list[str], str]:
+    """(relative paths of the adapter's own files, family name) of a folder written by `save_adapter`.
+
+    Refuses a folder that is not an adapter, a component path that leaves the folder, and any of those
+    files (or component folders) that is a symbolic link.
+    """
     from .api import MANIFEST_NAME
 
     folder = os.fspath(folder)
-    manifest, config = os.path.join(folder, MANIFEST_NAME), os.path.join(folder, "adapter_config.json")
+    if not os.path.isdir(folder):
+        raise AdapterFileError(f"{folder}: not a folder; pass the folder musicpeft.save_adapter wrote.")
+    manifest, config = os.path.join(folder, MANIFEST_NAME), os.path.join(folder, CONFIG_NAME)
+    for path in (manifest, config):
+        _refuse_link(path)
     source = manifest if os.path.isfile(manifest) else config
     if not os.path.isfile(source):
-        raise AdapterFileError(f"{folder}: neither {MANIFEST_NAME} nor adapter_config.json; not an adapter folder.")
-    with open(source) as handle:
-        record = json.load(handle)
+        raise AdapterFileError(f"{folder}: neither {MANIFEST_NAME} nor {CONFIG_NAME}; not an adapter folder.")
+    try:
+        with open(source, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterFileError(f"{source}: not valid JSON ({err}).") from None
+    if not isinstance(record, dict):
+        raise AdapterFileError(f"{source}: expected a JSON object, got {type(record).__name__}.")
     family_name = record.get("family", record.get("base_family"))
-    if family_name is None:
+    if not isinstance(family_name, str):
         raise AdapterFileError(f"{source}: names no model family; save the adapter with musicpeft.save_adapter.")
-    family = get_family(family_name)
-    for subfolder in record.get("components", {}).values() or ["."]:
-        check_local_adapter_folder(os.path.join(folder, subfolder))
-    _check_card_keys(model_card or {})
-    with tempfile.TemporaryDirectory(prefix="musicpeft-push-") as staging:
-        # A copy, so that the README written for the Hub never lands in the user's folder.
-        staged = os.path.join(staging, "adapter")
-        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("README.md", ".*"))
-        return _upload(staged, repo_id, family, private, token, commit_message, model_card)
+    components = record.get("components") if source == manifest else None
+    if components is not None and not (
+        isinstance(components, dict) and all(isinstance(v, str) for v in components.values())
+    ):
+        raise AdapterFileError(f"{source}: 'components' must map component names to subfolders, got {components!r}.")
+    files = [MANIFEST_NAME] if source == manifest else []
+    root = os.path.realpath(folder)
+    for subfolder in (components or {}).values() or ["."]:
+        relative = os.path.normpath(subfolder)
+        if os.path.isabs(subfolder) or relative == ".." or relative.startswith(".." + os.sep):
+            raise AdapterFileError(f"{source}: component folder {subfolder!r} is outside {folder}.")
+        path = os.path.join(folder, relative)
+        if relative != ".":
+            _refuse_link(path)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise AdapterFileError(f"{source}: component folder {subfolder!r} is outside {folder}.")
+        for name in (CONFIG_NAME, SAFETENSORS_NAME):
+            _refuse_link(os.path.join(path, name))
+        check_local_adapter_folder(path, allow_pickle=False)
+        files += [Path(relative, name).as_posix() for name in (CONFIG_NAME, SAFETENSORS_NAME)]
+    return files, family_name
 
 
-def _upload(folder, repo_id, family, private, token, commit_message, model_card) -> str:
+def _refuse_link(path: str) -> None:
+    if os.path.islink(path):
+        raise AdapterFileError(
+            f"{path} is a symbolic link (to {os.readlink(path)}); musicpeft push uploads only the adapter's own "
+            "files and never follows links. Replace the link with the file itself."
+        )
+
+
+def _samples(samples: Sequence[str | os.PathLike] | None, evaluation: Mapping[str, Any] | None) -> list[tuple]:
+    """[(path, caption)] of the samples to upload: the given files, else this adapter's first evaluation clips."""
+    if samples:
+        chosen = [(os.fspath(path), None) for path in samples]
+        what = "samples"
+    elif evaluation is not None and evaluation["clips"]:
+        prompts = evaluation["prompts"]
+        clips = evaluation["clips"][:MAX_SAMPLES_FROM_RESULTS]
+        chosen = [(path, prompts[i] if i < len(prompts) else None) for i, path in enumerate(clips)]
+        what = "results clips"
+    else:
+        return []
+    import soundfile as sf
+
+    for path, _ in chosen:
+        _refuse_link(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what}: {path} is not a file.")
+        if not path.lower().endswith(SAMPLE_EXTENSIONS):
+            raise ValueError(f"{what}: {path} is not an audio file ({', '.join(SAMPLE_EXTENSIONS)}).")
+        try:
+            sf.info(path)
+        except RuntimeError as err:
+            raise ValueError(f"{what}: {path} is not readable audio ({err}).") from None
+    return chosen
+
+
+def _stage_samples(chosen: list[tuple], staging: str) -> tuple[list[CardSample], str | None]:
+    if not chosen:
+        return [], None
+    os.makedirs(os.path.join(staging, SAMPLES_FOLDER))
+    card_samples = []
+    for i, (path, caption) in enumerate(chosen):
+        stem, ext = os.path.splitext(os.path.basename(path))
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower()[:40] or "sample"
+        relative = f"{SAMPLES_FOLDER}/{i:02d}-{slug}{ext.lower()}"
+        shutil.copyfile(path, os.path.join(staging, relative))
+        card_samples.append(CardSample(relative, _escape(caption) if caption else None))
+    spectrogram = f"{SAMPLES_FOLDER}/spectrograms.png"
+    spectrogram_png([(os.path.join(staging, s.path), s.caption) for s in card_samples],
+                    os.path.join(staging, spectrogram))
+    return card_samples, spectrogram
+
+
+def _escape(text: str) -> str:
+    """A prompt as plain text in Markdown/HTML (placeholders such as <koto> would read as tags)."""
+    return " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "'")
+
+
+def _upload(folder, repo_id, family, private, token, commit_message, model_card, evaluation, samples,
+            spectrogram) -> str:
     from huggingface_hub import HfApi
 
     configs = _saved_configs(folder)
     card_config = configs[None] if list(configs) == [None] else configs
     num_parameters = _count_parameters(folder)
-    card = render_model_card(card_config, family, model_card, repo_id=repo_id, num_parameters=num_parameters)
+
+    def card(repo: str) -> str:
+        return render_model_card(card_config, family, model_card, repo_id=repo, num_parameters=num_parameters,
+                                 evaluation=evaluation, samples=samples, spectrogram=spectrogram)
+
+    text = card(repo_id)  # render (and check) before creating anything on the Hub
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if repo.repo_id != repo_id:  # "name" alone: the Hub put it in the token owner's namespace
-        card = render_model_card(card_config, family, model_card, repo_id=repo.repo_id, num_parameters=num_parameters)
-    Path(folder, "README.md").write_text(card, encoding="utf-8")
-    method = _method_name(next(iter(configs.values())))
+        text = card(repo.repo_id)
+    Path(folder, "README.md").write_text(text, encoding="utf-8")
+    method = method_name(next(iter(configs.values())))
     info = api.upload_folder(
         folder_path=folder,
         repo_id=repo.repo_id,
         repo_type="model",
         commit_message=commit_message or f"Upload {method} adapter with musicpeft",
+        delete_patterns=[f"{SAMPLES_FOLDER}/*"],  # samples of an earlier push that this card no longer links
     )
     return str(info.commit_url)
-
-
-def render_model_card(
-    config: PeftConfig | Mapping[str, PeftConfig],
-    family: ModelFamily | str,
-    extra: Mapping[str, Any] | None = None,
-    *,
-    repo_id: str | None = None,
-    num_parameters: int | None = None,
-) -> str:
-    """The README.md (YAML metadata + body) for an adapter.
-
-    `config` is the adapter's config, or {component: config} for a pipeline adapter with one peft
-    adapter per component (as `save_adapter` lays it out in subfolders). `extra` holds the optional
-    parts listed in `CARD_KEYS`.
-    """
-    import peft
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from . import __version__
-
-    extra = dict(extra or {})
-    _check_card_keys(extra)
-    family = get_family(family) if isinstance(family, str) else family
-    components = dict(config) if isinstance(config, Mapping) else {None: config}
-    if not components:
-        raise ValueError("render_model_card needs at least one adapter config; got an empty mapping.")
-    first = next(iter(components.values()))
-    method = _method_name(first)
-    base_model = extra.get("base_model") or _hub_base_model(components.values())
-    tags = ["musicpeft", "text-to-music", method.lower().replace("_", "-"), family.name]
-    tags += [t for t in _as_list(extra.get("tags"), "tags") if t not in tags]
-    card_data = ModelCardData(
-        library_name="peft",
-        pipeline_tag="text-to-audio",
-        tags=tags,
-        base_model=base_model,
-        license=extra.get("license"),
-        language=extra.get("language"),
-        datasets=_as_list(extra.get("datasets"), "datasets") or None,
-    )
-    base_import, base_var, base_load = _BASE_LOADERS.get(
-        family.name, (f"# build the {family.name} base model or pipeline", "model", "...")
-    )
-    config_cls = type(first)
-    doc = (config_cls.__doc__ or "").strip().splitlines()
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(_template_path()),
-        title=repo_id or f"{method} adapter",
-        description=extra.get("description"),
-        method=method,
-        method_title=config_cls.__name__.removesuffix("Config"),
-        method_summary=doc[0] if doc else "",
-        config_class=_public_name(config_cls),
-        family=family.name,
-        base_model=base_model,
-        num_parameters=f"{num_parameters:,}" if num_parameters is not None else "not recorded",
-        components=[{"name": name, "hyperparameters": _hyperparameters(cfg)} for name, cfg in components.items()],
-        base_import=base_import,
-        base_var=base_var,
-        base_load=base_load.format(base=json.dumps(base_model or "<base model id>")),
-        repo_id=repo_id or "<user>/<repo>",
-        training_data=extra.get("training_data"),
-        metrics=_metrics(extra.get("metrics")),
-        musicpeft_version=__version__,
-        peft_version=peft.__version__,
-    )
-    return str(card)
-
-
-def _method_name(config: PeftConfig) -> str:
-    # peft_type is a str Enum (whose f-string is "PeftType.X") once registered, or a plain str.
-    return str(getattr(config.peft_type, "value", config.peft_type))
-
-
-def _check_card_keys(extra: Mapping[str, Any]) -> None:
-    unknown = sorted(set(extra) - set(CARD_KEYS))
-    if unknown:
-        expected = "; ".join(f"{k}: {v}" for k, v in CARD_KEYS.items())
-        raise ValueError(f"model_card has unknown key(s) {', '.join(map(repr, unknown))}. Expected keys — {expected}.")
-
-
-def _template_path() -> Path:
-    if not TEMPLATE_PATH.is_file():
-        raise FileNotFoundError(
-            f"Model card template {TEMPLATE_PATH} is missing; musicpeft reads it from its source tree "
-            "(install musicpeft from a checkout, e.g. `pip install -e .`)."
-        )
-    return TEMPLATE_PATH
 
 
 def _saved_configs(folder: str) -> dict[str | None, PeftConfig]:
     """The adapter configs `save_adapter` wrote: at the root (None) or one per component subfolder."""
     configs: dict[str | None, PeftConfig] = {}
-    for config_file in sorted(Path(folder).rglob("adapter_config.json")):
+    for config_file in sorted(Path(folder).rglob(CONFIG_NAME)):
         sub = config_file.parent.relative_to(folder)
         configs[None if sub == Path(".") else sub.as_posix()] = PeftConfig.from_pretrained(str(config_file.parent))
     if not configs:
-        raise ValueError(f"save_adapter wrote no adapter_config.json under {folder}; nothing to push.")
+        raise ValueError(f"save_adapter wrote no {CONFIG_NAME} under {folder}; nothing to push.")
     return configs
 
 
@@ -237,7 +258,7 @@ def _count_parameters(folder: str) -> int:
     from safetensors import safe_open
 
     total = 0
-    for weights in Path(folder).rglob("adapter_model.safetensors"):
+    for weights in Path(folder).rglob(SAFETENSORS_NAME):
         with safe_open(str(weights), framework="pt") as handle:
             for key in handle.keys():
                 n = 1
@@ -245,48 +266,3 @@ def _count_parameters(folder: str) -> int:
                     n *= dim
                 total += n
     return total
-
-
-def _hub_base_model(configs: Any) -> str | None:
-    """The base model recorded by peft, when it is a Hub id (a local path means nothing to readers)."""
-    for cfg in configs:
-        name = getattr(cfg, "base_model_name_or_path", None)
-        if name and _HUB_ID.match(name) and not os.path.exists(name):
-            return name
-    return None
-
-
-def _hyperparameters(config: PeftConfig) -> list[tuple[str, str]]:
-    rows = []
-    for name, value in sorted(config.to_dict().items()):
-        if name in _CONFIG_NOISE or name == "inference_mode" or value is None:
-            continue
-        text = json.dumps(sorted(value) if isinstance(value, set) else value, default=str)
-        rows.append((name, "`" + text.replace("|", "\\|").replace("`", "'") + "`"))
-    return rows
-
-
-def _metrics(metrics: Any) -> list[tuple[str, str]]:
-    if metrics is None:
-        return []
-    if not isinstance(metrics, Mapping):
-        raise ValueError(f"model_card['metrics'] must be a mapping {{name: value}}, got {type(metrics).__name__}.")
-    return [(str(k).replace("|", "\\|"), str(v).replace("|", "\\|")) for k, v in metrics.items()]
-
-
-def _as_list(value: Any, key: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"model_card[{key!r}] must be a string or a list of strings, got {value!r}.")
-
-
-def _public_name(cls: type) -> str:
-    import musicpeft
-
-    if cls.__module__.startswith("musicpeft") and getattr(musicpeft, cls.__name__, None) is cls:
-        return f"musicpeft.{cls.__name__}"
-    return f"{cls.__module__}.{cls.__qualname__}"

@@ -462,3 +462,56 @@ def test_space_app_scores_files(clap, tmp_path):
     assert result["num_scored"] == 2 and result["kld"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="2 generated files but 1 prompt lines"):
         app.score_files(paths, "piano", clap_model=clap)
+
+
+# --- integer PCM and non-finite reference audio ---------------------------------------------
+
+
+def _pcm(clip: np.ndarray, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    half = (int(info.max) - int(info.min) + 1) // 2
+    centre = 0 if info.min < 0 else half
+    return np.clip(np.round(clip * half) + centre, info.min, info.max).astype(dtype)
+
+
+def test_integer_pcm_is_scaled_like_the_float_audio_it_encodes(clap):
+    """int16 read as raw floats is 32768 times too loud; every score must match the float clip's instead."""
+    import evaluate
+
+    clips, prompts = _tones(3), ["a piano", "a violin", "a flute"]
+    reference = _tones(4, seed=1, base=300.0)
+    as_float = compute_clap_kld(clips, prompts, reference, sampling_rate=SR, clap_model=clap)
+    for dtype, tolerance in ((np.int16, 1e-3), (np.int32, 1e-6), (np.uint8, 0.05)):
+        pcm = [_pcm(c, dtype) for c in clips]
+        scaled = compute_clap_kld(pcm, prompts, [_pcm(c, dtype) for c in reference], sampling_rate=SR,
+                                  clap_model=clap)
+        for key in ("clap_score", "kld", "audio_alignment"):
+            assert scaled[key] == pytest.approx(as_float[key], rel=tolerance, abs=tolerance), (dtype, key)
+    tensors = [torch.from_numpy(_pcm(c, np.int16)) for c in clips]
+    from_tensors = compute_clap_kld(tensors, prompts, reference, sampling_rate=SR, clap_model=clap)
+    assert from_tensors["clap_score"] == pytest.approx(as_float["clap_score"], abs=1e-3)
+    # Through evaluate's Arrow storage (float32) too: the conversion happens before it.
+    metric = evaluate.load("clap_kld", clap_model=clap, keep_in_memory=True)
+    through = metric.compute(predictions=[_pcm(c, np.int16) for c in clips], prompts=prompts,
+                             reference_audio=reference, sampling_rate=SR)
+    assert through["clap_score"] == pytest.approx(as_float["clap_score"], abs=1e-3)
+    assert through["kld"] == pytest.approx(as_float["kld"], rel=1e-3)
+
+
+@pytest.mark.parametrize("bad", [np.arange(4000, dtype=np.int64), np.ones(4000, dtype=bool),
+                                 np.ones(4000, dtype=np.complex64), torch.arange(4000)])
+def test_audio_of_unsupported_dtype_is_refused_naming_the_item(bad):
+    with pytest.raises(ValueError, match=r"predictions\[1\]: audio of dtype .* is not supported.*int16"):
+        compute_clap_kld([_tones(1)[0], bad], None, _tones(2), sampling_rate=SR, metrics=["kld"])
+
+
+def test_non_finite_reference_audio_is_refused_naming_the_item():
+    reference = _tones(3)
+    reference[2] = reference[2].copy()
+    reference[2][5] = np.inf
+    with pytest.raises(ValueError, match=r"reference_audio\[2\]: non-finite samples: 0 NaN and 1 Inf"):
+        compute_clap_kld(_tones(2), None, reference, sampling_rate=SR, metrics=["kld"])
+    with pytest.raises(ValueError, match=r"koto\[0\]: non-finite samples: 1 NaN"):
+        bad = _tones(1)[0].copy()
+        bad[0] = np.nan
+        ReferenceSet([bad], SR, name="koto")

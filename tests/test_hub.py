@@ -278,3 +278,119 @@ def test_push_command_uploads_a_saved_folder(local_hub, tmp_path, inputs):
     assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
     with pytest.raises(AdapterFileError, match="not an adapter folder"):
         main(["push", "--folder", str(tmp_path), "--repo-id", "user/nothing"])
+
+
+def test_push_uploads_only_the_adapters_own_files_and_refuses_links(local_hub, tmp_path):
+    from musicpeft.cli import main
+
+    folder = tmp_path / "prompt"
+    musicpeft.save_adapter(_prompted(), folder)
+    secret = tmp_path / "secret.env"
+    secret.write_text("HF_TOKEN=hf_do_not_upload")
+    (folder / "notes.txt").write_text("private notes")
+    (folder / "credentials").symlink_to(secret)
+    (folder / "checkpoint-1").mkdir()
+    (folder / "checkpoint-1" / "optimizer.safetensors").write_bytes(b"x" * 16)
+    assert main(["push", "--folder", str(folder), "--repo-id", "user/clean"]) == 0
+    files = sorted(local_hub.api.list_repo_files("user/clean"))
+    assert files == [".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors",
+                     "musicpeft_adapter.json"]
+
+    # A link in place of one of the adapter's own files is refused, naming it, and nothing is created.
+    weights = folder / "adapter_model.safetensors"
+    weights.rename(tmp_path / "elsewhere.safetensors")
+    weights.symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(AdapterFileError, match=r"adapter_model\.safetensors is a symbolic link .*never follows links"):
+        main(["push", "--folder", str(folder), "--repo-id", "user/linked"])
+    assert "user/linked" not in [m.id for m in local_hub.api.list_models()]
+
+
+def test_push_refuses_component_folders_outside_the_adapter(local_hub, tmp_path):
+    from musicpeft.hub import adapter_files
+
+    folder = tmp_path / "adapter"
+    musicpeft.save_adapter(_prompted(), tmp_path / "outside")
+    folder.mkdir()
+    (folder / "musicpeft_adapter.json").write_text('{"family": "musicgen", "components": {"x": "../outside"}}')
+    with pytest.raises(AdapterFileError, match=r"component folder '\.\./outside' is outside"):
+        adapter_files(folder)
+    (folder / "musicpeft_adapter.json").write_text('{"family": "musicgen", "components": {"x": "inside"}}')
+    (folder / "inside").symlink_to(tmp_path / "outside")
+    with pytest.raises(AdapterFileError, match="inside is a symbolic link"):
+        adapter_files(folder)
+
+
+def test_private_is_a_flag(local_hub, tmp_path):
+    from musicpeft.cli import main
+
+    musicpeft.save_adapter(_prompted(), tmp_path / "prompt")
+    common = ["push", "--folder", str(tmp_path / "prompt")]
+    for value in (["--private", "yes"], ["--private=yes"], ["--private", "false"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, "--repo-id", "user/refused", *value])
+        assert exit_info.value.code == 2
+    assert [m.id for m in local_hub.api.list_models()] == []
+    assert main([*common, "--repo-id", "user/hidden", "--private"]) == 0
+    assert main([*common, "--repo-id", "user/shown"]) == 0
+    assert local_hub.api.model_info("user/hidden").private is True
+    assert local_hub.api.model_info("user/shown").private is False
+
+
+def test_card_with_samples_and_spectrogram(local_hub, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    from musicpeft.cli import main
+    from musicpeft.model_card import check_card_metadata
+
+    musicpeft.save_adapter(_prompted(), tmp_path / "prompt")
+    rate = 16000
+    t = np.arange(rate) / rate
+    sf.write(tmp_path / "Koto Jig.wav", 0.3 * np.sin(2 * np.pi * 440 * t), rate)
+    sf.write(tmp_path / "waltz.flac", 0.3 * np.sin(2 * np.pi * 220 * t), rate)
+    (tmp_path / "notes.wav").write_text("not audio")
+    bad = [str(tmp_path / "notes.wav")]
+    with pytest.raises(ValueError, match=r"samples: .*notes\.wav is not readable audio"):
+        main(["push", "--folder", str(tmp_path / "prompt"), "--repo-id", "user/samples", "--samples", *bad])
+    samples = [str(tmp_path / "Koto Jig.wav"), str(tmp_path / "waltz.flac")]
+    assert main(["push", "--folder", str(tmp_path / "prompt"), "--repo-id", "user/samples",
+                 "--base-model", "facebook/musicgen-small", "--samples", *samples]) == 0
+    files = set(local_hub.api.list_repo_files("user/samples"))
+    assert {"samples/00-koto-jig.wav", "samples/01-waltz.flac", "samples/spectrograms.png"} <= files
+    card = ModelCard.load("user/samples")
+    for path in ("samples/00-koto-jig.wav", "samples/01-waltz.flac"):
+        assert f'<audio controls src="{path}"></audio>' in card.text
+    assert "![Log-mel spectrograms of the samples](samples/spectrograms.png)" in card.text
+    png = hf_hub_download("user/samples", "samples/spectrograms.png")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[1] > 200  # one panel per sample
+    downloaded, got_rate = sf.read(hf_hub_download("user/samples", "samples/01-waltz.flac"))
+    assert got_rate == rate and np.allclose(downloaded, 0.3 * np.sin(2 * np.pi * 220 * t), atol=1e-4)
+    data = check_card_metadata(card.content)
+    assert data["base_model"] == "facebook/musicgen-small" and data["pipeline_tag"] == "text-to-audio"
+    card.validate()  # the server's YAML check, as the Hub's
+    # A later push without samples removes the ones the new card no longer links.
+    assert main(["push", "--folder", str(tmp_path / "prompt"), "--repo-id", "user/samples"]) == 0
+    assert not [f for f in local_hub.api.list_repo_files("user/samples") if f.startswith("samples/")]
+    assert "<audio" not in ModelCard.load("user/samples").text
+
+
+def test_card_metadata_rules_are_checked_offline():
+    from musicpeft.model_card import check_card_metadata
+
+    good = render_model_card(_prompted().peft_config["default"], "musicgen", {"license": "mit", "tags": ["koto"]})
+    data = check_card_metadata(good)
+    assert (data["library_name"], data["pipeline_tag"], data["license"]) == ("peft", "text-to-audio", "mit")
+    assert "koto" in data["tags"] and "musicpeft" in data["tags"]
+    header_end = good.index("\n---", 3)
+    for bad_line, message in (
+        ("tags: 3", "tags must be a string or a list of strings"),
+        ("base_model: ../local/path", "base_model must be Hub model id"),
+        ("pipeline_tag: [a, b]", "pipeline_tag must be a string"),
+        ("library_name: torch", "library_name 'torch'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_card_metadata(good[:header_end] + "\n" + bad_line + good[header_end:])
+    with pytest.raises(ValueError, match="no YAML metadata block"):
+        check_card_metadata("# just a title\n")

@@ -40,10 +40,33 @@ class CheckedAudio:
         return [c.index for c in self.clips]
 
 
-def _to_numpy(x) -> np.ndarray:
+def as_float_audio(x, what: str) -> np.ndarray:
+    """Samples as float64 in [-1, 1]: float arrays and tensors as they are, integer PCM scaled by its full range.
+
+    Integer PCM is what ``soundfile.read(..., dtype="int16")``, ``scipy.io.wavfile.read`` or
+    ``torchaudio.load(normalize=False)`` return; read as floats unscaled, an int16 clip would be 32768 times
+    too loud and every feature and CLAP embedding would be wrong. Signed ``int8/int16/int32`` are divided
+    by 2^(bits-1); unsigned ``uint8/uint16/uint32`` (8-bit WAV is unsigned) are centred first. int64 has
+    no PCM convention (it is what ``np.array([0, 1])`` gives), so it is refused, as are bool and complex.
+    """
     if hasattr(x, "detach"):  # torch tensor, without importing torch
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+        x = x.detach().cpu()
+        x = x.float().numpy() if x.is_floating_point() else x.numpy()
+    x = np.asarray(x)
+    kind, bits = x.dtype.kind, 8 * x.dtype.itemsize
+    if kind in "iu" and bits <= 32:
+        half = float(2 ** (bits - 1))
+        return (x.astype(np.float64) - (half if kind == "u" else 0.0)) / half
+    if kind in "iu" or kind in "bcOUS":
+        raise ValueError(
+            f"{what}: audio of dtype {x.dtype} is not supported; pass float samples in [-1, 1] or integer PCM "
+            "(int16, int32, uint8, ...)"
+        )
+    return x.astype(np.float64)
+
+
+def _to_numpy(x, what: str) -> np.ndarray:
+    return as_float_audio(x, what)
 
 
 def _rate(value, what: str) -> int:
@@ -71,7 +94,7 @@ def split_item(item, default_rate, what: str) -> tuple[np.ndarray, int]:
             "{'array': ..., 'sampling_rate': ...}"
         )
     rate = _rate(rate, what)
-    x = _to_numpy(samples)
+    x = _to_numpy(samples, what)
     if x.ndim == 2:
         if x.shape[0] > MAX_CHANNELS:
             raise ValueError(
@@ -117,6 +140,7 @@ def check_audio(
     what: str,
     min_samples_at: tuple[int, int],
     silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
+    refuse_non_finite: bool = False,
 ) -> CheckedAudio:
     """Check every item of a list; structural problems raise, unusable audio is excluded with a reason.
 
@@ -126,6 +150,8 @@ def check_audio(
         what: the argument's name, used in messages ("predictions", "reference_audio").
         min_samples_at: ``(n_fft, analysis_rate)``: the shortest usable clip, see :func:`problem`.
         silence_threshold: peak level at or below which a clip is silent.
+        refuse_non_finite: raise on a clip with NaN/Inf samples (reference audio: a damaged file, not a
+            result to report) instead of excluding it.
     """
     if isinstance(items, np.ndarray) and items.ndim == 1:
         raise ValueError(f"{what} must be a list of clips, got one 1-D array; wrap a single clip in a list")
@@ -142,6 +168,8 @@ def check_audio(
     for i, (item, rate) in enumerate(zip(items, rates, strict=True)):
         x, r = split_item(item, rate, f"{what}[{i}]")
         reason = problem(x, r, min_samples_at, silence_threshold)
+        if refuse_non_finite and reason is not None and reason.startswith("non-finite"):
+            raise ValueError(f"{what}[{i}]: {reason}; reference audio must be finite (repair or drop the clip)")
         if reason is None:
             out.clips.append(Clip(i, x, r))
         else:

@@ -37,7 +37,8 @@ NaN/Inf, shorter than one analysis frame) are excluded and listed, never average
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list` of float arrays): generated clips, mono (samples,) or (channels, samples).
+    predictions (`list` of arrays): generated clips, mono (samples,) or (channels, samples); float in
+        [-1, 1], or integer PCM (int16, int32, uint8, ...), which is scaled to [-1, 1].
     prompts (`list` of `str`): the prompt of each clip, as given to the model.
     reference_audio (`list` of arrays or a `ReferenceSet`, optional): reference clips for the KLD,
         the Frechet distance and (without concept_audio) the audio alignment.
@@ -58,6 +59,16 @@ Examples:
     >>> metric = evaluate.load("clap_kld", clap_model="laion/larger_clap_music")
     >>> metric.compute(predictions=clips, prompts=prompts, reference_audio=refs, sampling_rate=32000)
 """
+
+
+def _float_if_pcm(item, what: str):
+    """Integer PCM arrays/tensors scaled to float in [-1, 1] (`as_float_audio`); anything else unchanged."""
+    from .audio import as_float_audio
+
+    dtype = getattr(item, "dtype", None)
+    if dtype is not None and not getattr(dtype, "is_floating_point", getattr(dtype, "kind", "f") == "f"):
+        return as_float_audio(item, what)
+    return item
 
 
 class ClapKld(evaluate.Metric):
@@ -102,6 +113,9 @@ class ClapKld(evaluate.Metric):
                 f"prompts has {len(prompts)} items but predictions has {len(predictions)}: "
                 "pass one prompt per generated clip"
             )
+        if predictions is not None:
+            # evaluate stores predictions as float32 Arrow values, which would keep int16 PCM unscaled.
+            predictions = [_float_if_pcm(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
         return super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def _backend_for(self, clap_model, clap_processor):

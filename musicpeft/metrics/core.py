@@ -58,7 +58,7 @@ class ReferenceSet:
             raise ValueError(f"{name} is empty: the KLD and audio alignment need at least one reference clip")
         fc = self.feature_config
         self.checked: CheckedAudio = check_audio(audio, sampling_rate, name, (fc.n_fft, fc.sample_rate),
-                                                 silence_threshold)
+                                                 silence_threshold, refuse_non_finite=True)
         if not self.checked.clips:
             raise ValueError(
                 f"{name} has no usable clip (each must last at least one analysis frame, n_fft={fc.n_fft} "
