@@ -24,7 +24,8 @@ How. The parent process imports everything and builds the base model once, with 
 then forks one child per method and round: each child attaches its method through the public API
 (`musicpeft.add_adapter`, `musicpeft.load_adapter`), so the benchmark measures whatever the library does
 today. Rounds visit the methods in alternating order (forward, then backward), so drift in the machine's
-load falls on every method alike; each number is the median over rounds × repeats. Peak RSS is the
+load falls on every method alike; each time is the fastest sample over rounds × repeats (as `timeit`
+reports it: other processes only add time), each memory figure the median. Peak RSS is the
 kernel's high-water mark (`VmHWM`, reset through `/proc/self/clear_refs` right before attaching; where
 that is not possible the child's `ru_maxrss` is used and the table says so). `tracemalloc` is not used:
 it sees only Python's allocator, not torch's tensor memory. A forked child shares the base's pages with
@@ -427,8 +428,13 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def _best(values: list[float]) -> float:
+    """The fastest sample, as `timeit` reports: other processes only ever add time, never remove it."""
+    return min(values) if values else math.nan
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]], loads: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
-    """Per method: medians over rounds × repeats, then ratios against base and against the LoRA reference."""
+    """Per method: the best time and the median memory over rounds × repeats, then ratios to base and LoRA."""
     rows: dict[str, dict[str, Any]] = {}
     for name, results in runs.items():
         if not results:
@@ -441,13 +447,13 @@ def summarize(runs: dict[str, list[dict[str, Any]]], loads: dict[str, list[float
         row = {
             "config": describe(name),
             "trainable": first["trainable"],
-            "gen_greedy_s": _median([t for r in ok for t in r["gen_greedy_s"]]),
-            "gen_cfg_s": _median([t for r in ok for t in r["gen_cfg_s"]]),
-            "gen_greedy_wall_s": _median([t for r in ok for t in r["gen_greedy_wall_s"]]),
-            "gen_cfg_wall_s": _median([t for r in ok for t in r["gen_cfg_wall_s"]]),
-            "train_step_s": _median([t for r in ok for t in r.get("train_step_s", [])]),
+            "gen_greedy_s": _best([t for r in ok for t in r["gen_greedy_s"]]),
+            "gen_cfg_s": _best([t for r in ok for t in r["gen_cfg_s"]]),
+            "gen_greedy_wall_s": _best([t for r in ok for t in r["gen_greedy_wall_s"]]),
+            "gen_cfg_wall_s": _best([t for r in ok for t in r["gen_cfg_wall_s"]]),
+            "train_step_s": _best([t for r in ok for t in r.get("train_step_s", [])]),
             "train_mem_bytes": _median([r["train_mem_bytes"] for r in ok if "train_mem_bytes" in r]),
-            "load_s": _median(loads.get(name, [])),
+            "load_s": _best(loads.get(name, [])),
             "peak_scope": first.get("peak_scope"),
         }
         if "adapter_bytes" in first:
@@ -609,17 +615,33 @@ def _setup(load_average: tuple[float, float, float], seconds: float) -> dict[str
     }
 
 
+def noise_line(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """How much the base's own generation samples vary: ratios closer to 1 than this are within noise."""
+    samples = {
+        kind: [t for r in runs.get("base", []) if "error" not in r for t in r[f"gen_{kind}_s"]]
+        for kind in ("greedy", "cfg")
+    }
+    parts = [
+        f"{kind} {min(v) * 1e3:.0f}–{max(v) * 1e3:.0f} ms (max/min {max(v) / min(v):.2f})"
+        for kind, v in samples.items()
+        if len(v) > 1 and min(v) > 0
+    ]
+    return "Noise: the base's own generation samples span " + "; ".join(parts) + "." if parts else ""
+
+
 def report(result: dict[str, Any]) -> str:
     size, setup = result["size"], result["setup"]
     lines = [
         markdown(result["rows"]),
         "",
         f"Size `{size['name']}`: {size['max_new_tokens']} new tokens per generation, a {size['frames']}-frame "
-        f"training example, {size['repeats']} timed repeats × {size['rounds']} rounds per number (medians of the "
-        f"child's CPU time, 1 torch thread; wall-clock medians are in the JSON); "
+        f"training example, {size['repeats']} timed repeats × {size['rounds']} rounds per number (times: the "
+        f"fastest sample of the child's CPU time, 1 torch thread, every sample and wall times are in the JSON; "
+        f"memory: the median); "
         f"LoRA reference `{LORA_REFERENCE}` (r={LORA_RANK}). {setup['date']}, {setup['machine']}, 1 torch thread, "
         f"load average at start {', '.join(f'{x:.2f}' for x in setup['load_average_at_start'])}; "
         f"run {setup['run_s']:.0f} s; " + ", ".join(f"{k} {v}" for k, v in setup["versions"].items()) + ".",
+        noise_line(result["runs"]),
         "",
         "Targets:",
         *target_lines(result["rows"], result["encoder"]),
