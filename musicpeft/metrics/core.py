@@ -39,7 +39,8 @@ class ReferenceSet:
     Args:
         audio: reference clips (arrays, tensors or ``{"array", "sampling_rate"}`` dicts).
         sampling_rate: rate of clips that carry none (one number or one per clip).
-        feature_config / kld_config: analysis and histogram parameters (defaults if None).
+        feature_config: analysis parameters (defaults if None).
+        kld_config: histogram parameters (defaults if None).
         silence_threshold: peak level at or below which a clip is silent (and excluded).
         name: the argument name used in messages.
 
@@ -168,9 +169,14 @@ def compute_clap_kld(
         concept_audio: ``{concept name: clips or ReferenceSet}`` for concept customisation; audio
             alignment is computed per concept, ΔAudio Alignment when there are two or more.
         metrics: subset of ``ALL_METRICS``; by default everything the inputs allow.
-        clap_model, clap_processor, clap_backend, clap_config, device: see
-            :func:`~musicpeft.metrics.clap.load_clap_backend` (a ready backend object is reused).
-        feature_config, kld_config: analysis and histogram parameters of the KLD.
+        clap_model: ``model`` of :func:`~musicpeft.metrics.clap.load_clap_backend` (a ready backend
+            object is reused).
+        clap_processor: ``processor`` of :func:`~musicpeft.metrics.clap.load_clap_backend`.
+        clap_backend: ``backend`` of :func:`~musicpeft.metrics.clap.load_clap_backend`.
+        clap_config: ``config`` of :func:`~musicpeft.metrics.clap.load_clap_backend`.
+        device: torch device of the CLAP model (see :func:`~musicpeft.metrics.clap.load_clap_backend`).
+        feature_config: analysis parameters of the KLD.
+        kld_config: histogram parameters of the KLD.
         placeholder_pattern: regex of the concept tokens removed from prompts for text alignment.
         silence_threshold: peak level at or below which a clip counts as silent.
         on_invalid: ``"exclude"`` (default) scores the usable clips and lists the others under

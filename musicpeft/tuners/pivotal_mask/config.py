@@ -27,7 +27,11 @@ class PivotalMaskConfig(ConceptIdentifierConfig):
     cross-attention W_K and W_V (dense deltas) and the identifier tokens of all concepts.
 
     Args:
-        concepts, tokens_per_concept, init_words, init_seed, text_encoders: as in `ConceptIdentifierConfig`.
+        concepts: As in `ConceptIdentifierConfig`.
+        tokens_per_concept: As in `ConceptIdentifierConfig`.
+        init_words: As in `ConceptIdentifierConfig`.
+        init_seed: As in `ConceptIdentifierConfig`.
+        text_encoders: As in `ConceptIdentifierConfig`.
         stage: `mask` (stage 1) or `tune` (stage 2).
         percent: P, the share of self-attention value entries stage 2 trains (paper: 5; in (0, 100]).
         per_layer: Select the top P% of each layer instead of the top P% of all layers together.

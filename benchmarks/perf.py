@@ -1,0 +1,691 @@
+"""Where users wait: every musicpeft method against the base model and against stock LoRA, in one run.
+
+For each method this measures, on a MusicGen model with random weights (no download), as ratios:
+
+- generation time, greedy (`guidance_scale=1`) and with classifier-free guidance (`guidance_scale=3`),
+  `max_new_tokens` frames, audio decoded (what a user waits for): ×base and ×LoRA;
+- training-step time (forward with labels, backward, `AdamW.step()`, `zero_grad`): ×LoRA (the base alone
+  has nothing to train);
+- training memory: peak RSS from just before the adapter is attached to the end of the timed steps, minus
+  the RSS at that point (the adapter's weights, gradients, AdamW state and the activations kept for the
+  backward pass): ×LoRA;
+- the adapter file against its floor, the number of trainable values × bytes per value (a file that
+  stores only what trains, in the training dtype, has ratio 1.00);
+- load time, `musicpeft.load_adapter` onto an already-built base (full fine-tuning: reading the decoder's
+  safetensors file and `load_state_dict`): ×LoRA;
+- and, once per run, how many times the EnCodec encoder runs in a second epoch of `musicpeft train`
+  (target 0: codes cached once per dataset).
+
+Times are CPU seconds of the measuring process (`time.process_time`) with one torch thread: on a shared
+machine wall time grows with everyone else's load, CPU time much less; on an idle machine they agree (both
+are kept in `--json`).
+
+How. The parent process imports everything and builds the base model once, with one torch thread, and
+then forks one child per method and round: each child attaches its method through the public API
+(`musicpeft.add_adapter`, `musicpeft.load_adapter`), so the benchmark measures whatever the library does
+today. Rounds visit the methods in alternating order (forward, then backward), so drift in the machine's
+load falls on every method alike; each time is the fastest sample over rounds × repeats (as `timeit`
+reports it: other processes only add time), each memory figure the median. Peak RSS is the
+kernel's high-water mark (`VmHWM`, reset through `/proc/self/clear_refs` right before attaching; where
+that is not possible the child's `ru_maxrss` is used and the table says so). `tracemalloc` is not used:
+it sees only Python's allocator, not torch's tensor memory. A forked child shares the base's pages with
+the parent, so its RSS counts the base once and the difference is that method's alone.
+
+Sizes: `tiny` is `musicpeft.tiny.tiny_musicgen` (seconds; CI runs it); `small` is the MusicGen-small
+shape of `benchmarks/methods_footprint.py` (T5-base encoder, 24-layer 1024-wide decoder, 32 kHz EnCodec;
+several minutes on 2 cores, about 7 GB peak for full fine-tuning).
+
+    .venv/bin/python benchmarks/perf.py --size tiny
+    nice -n 10 .venv/bin/python benchmarks/perf.py --size small --json perf-small.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the parent forks after using a tokenizer
+
+TEXT = "a slow koto melody with soft piano and bright strings"
+CONCEPT_TEXT = "a slow <koto> melody with soft piano and bright strings"  # `<koto>`: 3 identifier tokens
+LORA_REFERENCE = "lora_attn"  # stock peft LoRA (r=16) on the decoder's self- and cross-attention
+LORA_RANK = 16
+PIVOTAL_PERCENT = 5.0
+GUIDANCE = 3.0
+
+# What docs/performance.md promises; the report says for each whether today's numbers meet it.
+TARGETS = [
+    ("soft_prompt", "gen_greedy_vs_base", 1.03, "soft prompt generation ≤ 1.03× base (greedy)"),
+    ("soft_prompt", "gen_cfg_vs_base", 1.03, "soft prompt generation ≤ 1.03× base (guidance 3)"),
+    ("concept_tokens", "gen_greedy_vs_base", 1.03, "concept tokens generation ≤ 1.03× base (greedy)"),
+    ("concept_tokens", "gen_cfg_vs_base", 1.03, "concept tokens generation ≤ 1.03× base (guidance 3)"),
+    ("pivotal_unmerged", "gen_greedy_vs_base", 1.05, "pivotal (unmerged) generation ≤ 1.05× base (greedy)"),
+    ("pivotal_unmerged", "gen_cfg_vs_base", 1.05, "pivotal (unmerged) generation ≤ 1.05× base (guidance 3)"),
+    ("pivotal_unmerged", "train_mem_vs_lora", 1.2, "pivotal train-step memory ≤ 1.2× LoRA's"),
+]
+
+
+@dataclass
+class Size:
+    """One benchmark size: the model and how much work each measurement does."""
+
+    name: str
+    max_new_tokens: int
+    frames: int  # audio frames of the training example (50 Hz at full size)
+    repeats: int  # timed generations (each kind) and timed train steps per child, after one warm-up
+    rounds: int
+
+
+SIZES = {
+    "tiny": Size("tiny", max_new_tokens=24, frames=40, repeats=3, rounds=2),
+    "small": Size("small", max_new_tokens=50, frames=75, repeats=2, rounds=2),
+}
+
+
+def method_names() -> list[str]:
+    """Table order: base, the cheap methods, LoRA presets (from the family, so new presets show up), full FT."""
+    from musicpeft.training.presets import list_presets
+
+    lora = [f"lora_{preset}" for preset in list_presets("musicgen")]
+    return ["base", "soft_prompt", "concept_tokens", "pivotal_unmerged", *lora, "full_ft"]
+
+
+def describe(name: str) -> str:
+    return {
+        "base": "the model without adapter",
+        "soft_prompt": "SoftMusicPromptConfig(num_virtual_tokens=30)",
+        "concept_tokens": "ConceptIdentifierConfig(concepts=['koto'])",
+        "pivotal_unmerged": (
+            f"PivotalMaskConfig(stage='tune', selection='random', percent={PIVOTAL_PERCENT:g}), unmerged"
+        ),
+        "full_ft": "prepare_full_finetune (the whole decoder)",
+    }.get(name, f"lora_config(model, {name[5:]!r}, r={LORA_RANK}) (stock peft LoRA)")
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def build_base(size: str, seed: int = 0) -> Any:
+    """The base model, eval mode, every weight frozen; the same weights for a given seed."""
+    import torch
+
+    if size == "tiny":
+        from musicpeft.tiny import tiny_musicgen
+
+        model = tiny_musicgen(seed=seed)
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from methods_footprint import build_model
+
+        model = build_model(None, seed)
+    torch.manual_seed(seed)
+    return model.eval().requires_grad_(False)
+
+
+def attach(name: str, model: Any, tokenizer: Any) -> tuple[Any, str]:
+    """Adapt `model` for `name` through the public API; returns (what to run, its prompt)."""
+    import musicpeft
+    from musicpeft.training.presets import lora_config, prepare_full_finetune
+
+    if name == "base":
+        return model, TEXT
+    if name == "soft_prompt":
+        return musicpeft.add_adapter(model, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30)), TEXT
+    if name.startswith("lora_"):
+        return musicpeft.add_adapter(model, lora_config(model, name[5:], r=LORA_RANK)), TEXT
+    if name in ("concept_tokens", "pivotal_unmerged"):
+        musicpeft.bind_processor(model, tokenizer)  # the tokenizer learns the identifier tokens
+        if name == "concept_tokens":
+            config = musicpeft.ConceptIdentifierConfig(concepts=["koto"])
+        else:  # stage 2 straight away: a random selection needs no stage-1 masks
+            config = musicpeft.PivotalMaskConfig(
+                concepts=["koto"], stage="tune", selection="random", percent=PIVOTAL_PERCENT, selection_seed=0
+            )
+        return musicpeft.add_adapter(model, config), CONCEPT_TEXT
+    if name == "full_ft":
+        prepare_full_finetune(model)
+        return model, TEXT
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kb(resettable: bool) -> int:
+    if resettable:
+        return _status_kb("VmHWM") or 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _timed(fn, walls: list[float] | None = None) -> float:
+    """CPU seconds of this process running `fn` (wall seconds appended to `walls`).
+
+    With one torch thread, CPU time is what the work costs and it does not grow when other processes compete
+    for the cores (wall time on a shared machine does); on an idle machine the two agree.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if walls is not None:
+        walls.append(time.perf_counter() - wall)
+    return time.process_time() - cpu
+
+
+def measure_method(name: str, base: Any, size: Size, workdir: str, seed: int) -> dict[str, Any]:
+    """In a forked child: attach, train (time + memory), generate (greedy, guided), save; one dict back."""
+    import torch
+
+    from musicpeft.tiny import make_t5_tokenizer
+    from musicpeft.training.collator import MusicgenCollator
+
+    tokenizer = make_t5_tokenizer()
+    out: dict[str, Any] = {"method": name}
+    gc_collect()
+    resettable = _reset_peak_rss()
+    rss_before_kb = _status_kb("VmRSS") or 0
+    runner, text = attach(name, base, tokenizer)
+    params = [p for p in runner.parameters() if p.requires_grad]
+    out["trainable"] = sum(p.numel() for p in params)
+    out["trainable_bytes"] = sum(p.numel() * p.element_size() for p in params)
+
+    if params:
+        codes = torch.randint(
+            0,
+            base.config.decoder.vocab_size,
+            (base.decoder.num_codebooks, size.frames),
+            generator=torch.Generator().manual_seed(seed),
+        )
+        batch = MusicgenCollator(tokenizer, runner)([{"codes": codes, "text": text}])
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+        runner.train()
+
+        def step() -> None:
+            runner(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up; also allocates the AdamW state
+        out["train_step_wall_s"] = []
+        out["train_step_s"] = [_timed(step, out["train_step_wall_s"]) for _ in range(size.repeats)]
+        out["train_mem_bytes"] = (_peak_kb(resettable) - rss_before_kb) * 1024
+        out["peak_scope"] = "VmHWM since attach" if resettable else "ru_maxrss of the child"
+        del optimizer
+        runner.eval()
+
+    inputs = tokenizer([text], return_tensors="pt")
+    gen = {"greedy": 1.0, "cfg": GUIDANCE}
+
+    def generate(scale: float) -> None:
+        with torch.no_grad():
+            runner.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=size.max_new_tokens)
+
+    for scale in gen.values():
+        generate(scale)  # warm-up
+    times: dict[str, list[float]] = {kind: [] for kind in gen}
+    walls: dict[str, list[float]] = {kind: [] for kind in gen}
+    for _ in range(size.repeats):  # interleaved, so drift hits both kinds alike
+        for kind, scale in gen.items():
+            times[kind].append(_timed(lambda s=scale: generate(s), walls[kind]))
+    out["gen_greedy_s"], out["gen_cfg_s"] = times["greedy"], times["cfg"]
+    out["gen_greedy_wall_s"], out["gen_cfg_wall_s"] = walls["greedy"], walls["cfg"]
+
+    if params:
+        folder = os.path.join(workdir, name)
+        if name == "full_ft":
+            from safetensors.torch import save_file
+
+            os.makedirs(folder, exist_ok=True)
+            state = {k: v.detach().contiguous() for k, v in base.decoder.state_dict().items()}
+            save_file(state, os.path.join(folder, "decoder.safetensors"), metadata={"format": "pt"})
+            out["weights_file"] = "decoder.safetensors"
+        else:
+            import musicpeft
+
+            musicpeft.save_adapter(runner, folder)
+            out["weights_file"] = "adapter_model.safetensors"
+        out["adapter_bytes"] = os.path.getsize(os.path.join(folder, out["weights_file"]))
+        out["folder"] = folder
+    return out
+
+
+def measure_load(name: str, base: Any, folder: str) -> dict[str, Any]:
+    """In a forked child holding the untouched base: time loading `name`'s saved adapter onto it."""
+    import musicpeft
+    from musicpeft.tiny import make_t5_tokenizer
+
+    if name == "full_ft":
+        from safetensors.torch import load_file
+
+        def load() -> None:
+            base.decoder.load_state_dict(load_file(os.path.join(folder, "decoder.safetensors")))
+
+        return {"load_s": _timed(load)}
+    kwargs = {"processor": make_t5_tokenizer()} if name in ("concept_tokens", "pivotal_unmerged") else {}
+    return {"load_s": _timed(lambda: musicpeft.load_adapter(base, folder, **kwargs))}
+
+
+def gc_collect() -> None:
+    import gc
+
+    gc.collect()
+
+
+def in_child(fn, *args) -> dict[str, Any]:
+    """Run `fn(*args)` in a forked child (sharing the parent's base model copy-on-write); its dict comes back."""
+    fd, path = tempfile.mkstemp(prefix="perf-result-", suffix=".json")
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            warnings.simplefilter("ignore")  # library deprecation notices would drown the progress lines
+            result = fn(*args)
+        except BaseException as exc:  # report, never hang the parent
+            result = {"error": f"{type(exc).__name__}: {exc}"[:300], "traceback": traceback.format_exc()[-3000:]}
+            code = 1
+        try:
+            with open(path, "w") as handle:
+                json.dump(result, handle)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        with open(path) as handle:
+            text = handle.read()
+        return json.loads(text) if text else {"error": f"child exited with status {status} and no result"}
+    finally:
+        os.unlink(path)
+
+
+# ------------------------------------------------------------------------------------ second-epoch encoding
+
+
+def encoder_calls_second_epoch(workdir: str, seed: int = 0) -> dict[str, Any]:
+    """EnCodec encoder calls that `musicpeft train` makes in its second epoch, on an audio folder (tiny model).
+
+    Counted as calls(2 epochs) − calls(1 epoch) of `EncodecModel.encode`, so evaluation and any caching done
+    before training are attributed correctly: only work the second epoch adds is counted.
+    """
+    import numpy as np
+    import soundfile as sf
+    from transformers import EncodecModel
+
+    from musicpeft.cli import main as cli_main
+
+    data = os.path.join(workdir, "clips")
+    os.makedirs(data, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(data, "metadata.jsonl"), "w") as handle:
+        for i in range(6):
+            tone = 0.3 * np.sin(2 * np.pi * (220 + 40 * i) * np.arange(16000) / 16000)
+            sf.write(
+                os.path.join(data, f"clip{i}.wav"), (tone + 0.01 * rng.standard_normal(16000)).astype("float32"), 16000
+            )
+            handle.write(json.dumps({"path": f"clip{i}.wav", "description": f"a koto tone number {i}"}) + "\n")
+
+    calls = {"n": 0}
+    original = EncodecModel.encode
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    EncodecModel.encode = counting
+    counts = {}
+    try:
+        for epochs in (1, 2):
+            calls["n"] = 0
+            args = [
+                "train",
+                "--base",
+                "tiny-musicgen",
+                "--data",
+                data,
+                "--method",
+                "lora:attn",
+                "--epochs",
+                str(epochs),
+                "--batch-size",
+                "2",
+                "--clip-seconds",
+                "1",
+                "--eval-fraction",
+                "0.2",
+                "--seed",
+                str(seed),
+                "--output-dir",
+                os.path.join(workdir, f"train-{epochs}"),
+            ]
+            _quiet(lambda a=args: cli_main(a))
+            counts[epochs] = calls["n"]
+    finally:
+        EncodecModel.encode = original
+    return {
+        "encoder_calls_epoch1_run": counts[1],
+        "encoder_calls_epoch2_run": counts[2],
+        "encoder_calls_second_epoch": counts[2] - counts[1],
+    }
+
+
+def _quiet(fn) -> None:
+    """Run `fn` with stdout/stderr sent to /dev/null (the CLI prints progress bars and a summary)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1), os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        result = fn()
+        if result not in (None, 0):
+            raise RuntimeError(f"musicpeft train exited with {result}")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(devnull)
+        for fd in saved:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _best(values: list[float]) -> float:
+    """The fastest sample, as `timeit` reports: other processes only ever add time, never remove it."""
+    return min(values) if values else math.nan
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], loads: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Per method: the best time and the median memory over rounds × repeats, then ratios to base and LoRA."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, results in runs.items():
+        if not results:
+            continue
+        ok = [r for r in results if "error" not in r]
+        if not ok:
+            rows[name] = {"error": results[0]["error"] if results else "no result"}
+            continue
+        first = ok[0]
+        row = {
+            "config": describe(name),
+            "trainable": first["trainable"],
+            "gen_greedy_s": _best([t for r in ok for t in r["gen_greedy_s"]]),
+            "gen_cfg_s": _best([t for r in ok for t in r["gen_cfg_s"]]),
+            "gen_greedy_wall_s": _best([t for r in ok for t in r["gen_greedy_wall_s"]]),
+            "gen_cfg_wall_s": _best([t for r in ok for t in r["gen_cfg_wall_s"]]),
+            "train_step_s": _best([t for r in ok for t in r.get("train_step_s", [])]),
+            "train_mem_bytes": _median([r["train_mem_bytes"] for r in ok if "train_mem_bytes" in r]),
+            "load_s": _best(loads.get(name, [])),
+            "peak_scope": first.get("peak_scope"),
+        }
+        if "adapter_bytes" in first:
+            row["adapter_bytes"] = first["adapter_bytes"]
+            row["floor_bytes"] = first["trainable_bytes"]
+            row["file_vs_floor"] = first["adapter_bytes"] / first["trainable_bytes"]
+        rows[name] = row
+    base, lora = rows.get("base", {}), rows.get(LORA_REFERENCE, {})
+    for row in rows.values():
+        if "error" in row:
+            continue
+        for key in ("gen_greedy_s", "gen_cfg_s"):
+            row[key.replace("_s", "_vs_base")] = _ratio(row[key], base.get(key))
+            row[key.replace("_s", "_vs_lora")] = _ratio(row[key], lora.get(key))
+        row["train_step_vs_lora"] = _ratio(row["train_step_s"], lora.get("train_step_s"))
+        row["train_mem_vs_lora"] = _ratio(row["train_mem_bytes"], lora.get("train_mem_bytes"))
+        row["load_vs_lora"] = _ratio(row["load_s"], lora.get("load_s"))
+    return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b) or b <= 0:
+        return math.nan
+    return a / b
+
+
+def _bytes(n: float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB"
+
+
+def _cell(ratio: float, absolute: str | None = None) -> str:
+    if not math.isfinite(ratio):
+        return "—"
+    return f"{ratio:.2f}×" + (f" ({absolute})" if absolute else "")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+HEADER = (
+    "| method | trainable | gen greedy ×base | gen cfg=3 ×base | gen greedy ×LoRA | gen cfg=3 ×LoRA "
+    "| train step ×LoRA | train memory ×LoRA | adapter file ×floor | load ×LoRA |"
+)
+
+
+def markdown(rows: dict[str, dict[str, Any]]) -> str:
+    lines = [HEADER, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        label = f"`{name}`" + (" (reference)" if name == LORA_REFERENCE else "")
+        if "error" in r:
+            lines.append(f"| {label} | failed: {r['error']} | | | | | | | | |")
+            continue
+        mem = r["train_mem_bytes"]
+        file_cell = "—"
+        if "file_vs_floor" in r:
+            file_cell = f"{r['file_vs_floor']:.2f}× ({_bytes(r['adapter_bytes'])} / {_bytes(r['floor_bytes'])})"
+        lines.append(
+            f"| {label} | {r['trainable']:,} "
+            f"| {_cell(r['gen_greedy_vs_base'], _ms(r['gen_greedy_s']))} "
+            f"| {_cell(r['gen_cfg_vs_base'], _ms(r['gen_cfg_s']))} "
+            f"| {_cell(r['gen_greedy_vs_lora'])} | {_cell(r['gen_cfg_vs_lora'])} "
+            f"| {_cell(r['train_step_vs_lora'], _ms(r['train_step_s']) if math.isfinite(r['train_step_s']) else None)} "
+            f"| {_cell(r['train_mem_vs_lora'], _bytes(mem) if math.isfinite(mem) else None)} "
+            f"| {file_cell} | {_cell(r['load_vs_lora'], _ms(r['load_s']) if math.isfinite(r['load_s']) else None)} |"
+        )
+    return "\n".join(lines)
+
+
+def target_lines(rows: dict[str, dict[str, Any]], encoder: dict[str, Any] | None) -> list[str]:
+    out = []
+    for method, key, limit, text in TARGETS:
+        value = rows.get(method, {}).get(key, math.nan)
+        verdict = "not measured" if not math.isfinite(value) else ("met" if value <= limit else "NOT met")
+        shown = f"{value:.2f}×" if math.isfinite(value) else "—"
+        out.append(f"- {text}: {shown} — {verdict}")
+    if encoder is None:
+        out.append("- second epoch EnCodec encoder calls = 0: not measured (--skip-encoder-check)")
+    elif "error" in encoder:
+        out.append(f"- second epoch EnCodec encoder calls = 0: measurement failed ({encoder['error']})")
+    else:
+        n = encoder["encoder_calls_second_epoch"]
+        out.append(
+            f"- second epoch EnCodec encoder calls = 0: {n} — {'met' if n == 0 else 'NOT met'} "
+            f"(`musicpeft train` on 6 one-second clips: {encoder['encoder_calls_epoch1_run']} calls for 1 "
+            f"epoch, {encoder['encoder_calls_epoch2_run']} for 2)"
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+def run(size: Size, methods: list[str], seed: int, encoder_check: bool, log=print) -> dict[str, Any]:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)  # before any op: a fork after a multi-threaded OpenMP region can hang
+    start = time.perf_counter()
+    load_average = os.getloadavg()
+    base = build_base(size.name, seed)
+    workdir = tempfile.mkdtemp(prefix="musicpeft-perf-")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    loads: dict[str, list[float]] = {m: [] for m in methods}
+    try:
+        for round_index in range(size.rounds):
+            order = methods if round_index % 2 == 0 else list(reversed(methods))
+            for name in order:
+                result = in_child(measure_method, name, base, size, workdir, seed + round_index)
+                runs[name].append(result)
+                if "error" in result:
+                    log(f"  {name}: FAILED {result['error']}\n{result.get('traceback', '')}")
+                    continue
+                if "folder" in result:
+                    loaded = in_child(measure_load, name, base, result["folder"])
+                    if "error" in loaded:
+                        log(f"  {name}: load FAILED {loaded['error']}")
+                    else:
+                        loads[name].append(loaded["load_s"])
+                    shutil.rmtree(result["folder"], ignore_errors=True)
+                log(f"  round {round_index + 1}/{size.rounds} {name}: done ({time.perf_counter() - start:.0f} s)")
+        encoder = in_child(encoder_calls_second_epoch, workdir, seed) if encoder_check else None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows = summarize(runs, loads)
+    return {
+        "size": asdict(size),
+        "rows": rows,
+        "encoder": encoder,
+        "runs": runs,
+        "setup": _setup(load_average, time.perf_counter() - start),
+    }
+
+
+def _setup(load_average: tuple[float, float, float], seconds: float) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+
+    import musicpeft
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "torch_threads": 1,
+        "load_average_at_start": load_average,
+        "run_s": seconds,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "musicpeft": musicpeft.__version__,
+        },
+    }
+
+
+def noise_line(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """How much the base's own generation samples vary: ratios closer to 1 than this are within noise."""
+    samples = {
+        kind: [t for r in runs.get("base", []) if "error" not in r for t in r[f"gen_{kind}_s"]]
+        for kind in ("greedy", "cfg")
+    }
+    parts = [
+        f"{kind} {min(v) * 1e3:.0f}–{max(v) * 1e3:.0f} ms (max/min {max(v) / min(v):.2f})"
+        for kind, v in samples.items()
+        if len(v) > 1 and min(v) > 0
+    ]
+    return "Noise: the base's own generation samples span " + "; ".join(parts) + "." if parts else ""
+
+
+def report(result: dict[str, Any]) -> str:
+    size, setup = result["size"], result["setup"]
+    lines = [
+        markdown(result["rows"]),
+        "",
+        f"Size `{size['name']}`: {size['max_new_tokens']} new tokens per generation, a {size['frames']}-frame "
+        f"training example, {size['repeats']} timed repeats × {size['rounds']} rounds per number (times: the "
+        f"fastest sample of the child's CPU time, 1 torch thread, every sample and wall times are in the JSON; "
+        f"memory: the median); "
+        f"LoRA reference `{LORA_REFERENCE}` (r={LORA_RANK}). {setup['date']}, {setup['machine']}, 1 torch thread, "
+        f"load average at start {', '.join(f'{x:.2f}' for x in setup['load_average_at_start'])}; "
+        f"run {setup['run_s']:.0f} s; " + ", ".join(f"{k} {v}" for k, v in setup["versions"].items()) + ".",
+        noise_line(result["runs"]),
+        "",
+        "Targets:",
+        *target_lines(result["rows"], result["encoder"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--methods", help="comma-separated subset (base and the LoRA reference are always run)")
+    parser.add_argument("--repeats", type=int, help="timed repeats per child (default: the size's)")
+    parser.add_argument("--rounds", type=int, help="rounds over all methods (default: the size's)")
+    parser.add_argument("--max-new-tokens", type=int, help="tokens per generation (default: the size's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-encoder-check", action="store_true", help="do not count second-epoch encodes")
+    parser.add_argument("--json", help="also write every measurement to this JSON file")
+    args = parser.parse_args(argv)
+    if not hasattr(os, "fork"):
+        raise SystemExit("benchmarks/perf.py forks one child per method: it needs a POSIX system (os.fork).")
+    size = SIZES[args.size]
+    for field in ("repeats", "rounds", "max_new_tokens"):
+        value = getattr(args, field)
+        if value is not None:
+            if value < 1:
+                raise SystemExit(f"--{field.replace('_', '-')} must be >= 1, got {value}")
+            setattr(size, field, value)
+    known = method_names()
+    methods = known
+    if args.methods:
+        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in known]
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(known)}")
+        methods = [m for m in known if m in chosen or m in ("base", LORA_REFERENCE)]
+    result = run(
+        size, methods, args.seed, not args.skip_encoder_check, log=lambda msg: print(msg, file=sys.stderr, flush=True)
+    )
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2, default=str)
+    return 1 if any("error" in r for r in result["rows"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
