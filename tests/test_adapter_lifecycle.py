@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures import musicgen_inputs, musicgen_logits, tiny_audioldm2_pipeline, tiny_musicgen
+from fixtures import perturb_adapter as perturb
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
@@ -26,14 +27,6 @@ WEIGHTS = "adapter_model.safetensors"
 @pytest.fixture(scope="module")
 def inputs():
     return musicgen_inputs()
-
-
-def perturb(model, seed: int = 0) -> None:
-    """Move every trainable adapter tensor away from its initial value, so a silent re-init would show."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in (p for p in model.parameters() if p.requires_grad):
-            param.add_(torch.randn(param.shape, generator=generator).to(param.dtype) * 0.05)
 
 
 def saved_prompt(tmp_path, num_virtual_tokens: int = 3):
