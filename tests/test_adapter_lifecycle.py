@@ -433,3 +433,14 @@ def test_plain_peft_on_the_t5_component_explains_itself(tmp_path):
         generate(fresh)
     # Loaded as a pipeline adapter, the same folder generates what was saved.
     np.testing.assert_array_equal(generate(musicpeft.load_adapter(tiny_audioldm2_pipeline(), tmp_path)), adapted)
+
+
+def test_a_save_through_a_link_keeps_the_link_and_normal_permissions(tmp_path):
+    real = tmp_path / "real"
+    musicpeft.save_adapter(adapted_pipeline(seed=1), real)
+    os.symlink(real, tmp_path / "link")
+    musicpeft.save_adapter(adapted_pipeline(seed=2), tmp_path / "link")
+    assert os.path.islink(tmp_path / "link") and os.path.realpath(tmp_path / "link") == str(real)
+    os.makedirs(tmp_path / "plain")
+    assert os.stat(real).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777  # not mkdtemp's 0700
+    assert sorted(os.listdir(tmp_path)) == ["link", "plain", "real"]
