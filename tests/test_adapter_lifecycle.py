@@ -200,13 +200,32 @@ def test_a_pivotal_file_with_a_stray_key_is_refused_by_peft_too(tmp_path):
     musicpeft.save_adapter(peft_model, tmp_path)
     stray = {"base_model.model.decoder.lm_heads.0.weight": base_tensor("decoder.lm_heads.0.weight")}
     edit_weights(tmp_path, lambda w: w.update(stray))
-    with pytest.raises(ValueError, match=r"lm_heads\.0\.weight.*does not create"):
-        PeftModel.from_pretrained(tiny_musicgen(), tmp_path)
-    model = tiny_musicgen()
-    before = module_state(model)
-    with pytest.raises(ValueError, match=r"lm_heads\.0\.weight"):
-        musicpeft.load_adapter(model, tmp_path)
-    assert_same(before, module_state(model))  # no PivotalLinear or concept wrapper left behind
+    for load in (PeftModel.from_pretrained, musicpeft.load_adapter):
+        model = tiny_musicgen()
+        before = module_state(model)
+        with pytest.raises(ValueError, match=r"lm_heads\.0\.weight.*does not create"):
+            load(model, tmp_path)
+        assert_same(before, module_state(model))  # no PivotalLinear or concept wrapper left behind
+
+
+def test_a_refused_concept_load_leaves_the_pipeline_tokenizers_alone(tmp_path):
+    from musicpeft import ConceptIdentifierConfig
+
+    pipe = tiny_audioldm2_pipeline()
+    peft_model = musicpeft.add_adapter(pipe, ConceptIdentifierConfig(concepts=["koto"], tokens_per_concept=2))
+    perturb(peft_model)
+    musicpeft.save_adapter(pipe, tmp_path)
+    edit_weights(tmp_path, lambda w: next(v for k, v in sorted(w.items()) if v.is_floating_point()).fill_(float("nan")))
+    fresh = tiny_audioldm2_pipeline()
+    encode(fresh)
+    before = pipe_state(fresh)
+    hooks = {name: sorted(vars(getattr(fresh, name))) for name in ("tokenizer", "tokenizer_2")}
+    with pytest.raises(ValueError, match="NaN"):
+        musicpeft.load_adapter(fresh, tmp_path)
+    assert_same_pipe(before, pipe_state(fresh))
+    # No placeholder expansion left on the tokenizers (it would raise for unknown placeholders).
+    assert {name: sorted(vars(getattr(fresh, name))) for name in hooks} == hooks
+    assert "<koto>" in fresh.tokenizer_2.decode(fresh.tokenizer_2("a <koto> jig")["input_ids"])
 
 
 # -- 3. a refused load leaves everything as it was --------------------------------------------------------
