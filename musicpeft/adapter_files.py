@@ -207,9 +207,13 @@ def _cached(repo_id: str, filename: str, kwargs: dict[str, Any]) -> bool:
 
 
 def install() -> None:
-    """Put the checks in front of peft's `load_peft_weights` (idempotent)."""
+    """Put the checks in front of peft's `load_peft_weights`, and make peft's loaders undo a refused load."""
     import peft.peft_model
     import peft.utils.save_and_load
+
+    from . import rollback
+
+    rollback.install()
 
     for module in (peft.peft_model, peft.utils.save_and_load):
         current = module.load_peft_weights

@@ -282,7 +282,7 @@ def load_adapter(
     hub_kwargs = {k: kwargs.pop(k) for k in hub_keys if k in kwargs}
     folder = resolve_source(source, allow_pickle=allow_pickle, **hub_kwargs)
     family = family_of(model_or_pipe)
-    with restore_on_error(model_or_pipe, _peft_model(model_or_pipe)):
+    with restore_on_error(model_or_pipe, _peft_model(model_or_pipe), kwargs.get("processor")):
         with allow_pickle_adapters() if allow_pickle else contextlib.nullcontext():
             return _load(model_or_pipe, folder, adapter_name, family, is_trainable, allow_pickle, kwargs)
 

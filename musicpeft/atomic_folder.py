@@ -64,18 +64,29 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[str]:
 
     On an exception the staging folder is deleted and `directory` is left exactly as it was.
     """
-    directory = os.path.abspath(os.fspath(directory))
+    # A link to a folder keeps pointing at it: the real folder is what gets replaced.
+    directory = os.path.realpath(os.fspath(directory))
     parent, base = os.path.split(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory} is a file; an adapter is saved as a folder.")
     os.makedirs(parent, exist_ok=True)
     _remove_leftovers(parent, base)
     staging = tempfile.mkdtemp(prefix=f".{base}{_STAGING}", dir=parent)
+    os.chmod(staging, _folder_mode(directory))  # mkdtemp makes it private (0700)
     try:
         yield staging
         _swap_in(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _folder_mode(directory: str) -> int:
+    """The replaced folder's permissions, or what os.makedirs would give a new one (umask applied)."""
+    if os.path.isdir(directory):
+        return os.stat(directory).st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _swap_in(staging: str, directory: str) -> None:

@@ -1,5 +1,7 @@
 """Undo everything a failed adapter load did to a model or pipeline.
 
+`install()` puts the same guarantee on peft's own `PeftModel.from_pretrained` and `load_adapter`.
+
 Attaching an adapter changes the base in place before its weights are read: peft replaces modules with
 wrappers, our soft prompt adds a child and hooks to a text encoder, `requires_grad` flags flip, a
 pipeline's `encode_prompt` is wrapped, accelerate's hooks may be removed. When loading is then refused
@@ -15,6 +17,8 @@ copied: the loaders check a file completely before copying any value, so base we
 from __future__ import annotations
 
 import contextlib
+import functools
+import types
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -27,17 +31,24 @@ def _containers(state: dict[str, Any]) -> dict[str, Any]:
     return {key: value.copy() for key, value in state.items() if type(value) in (dict, OrderedDict, set)}
 
 
+def _is_plain_object(value: Any) -> bool:
+    """An instance with its own attributes (a tokenizer, a scheduler), not a class, function or module."""
+    return hasattr(value, "__dict__") and not isinstance(value, (type, types.FunctionType, types.ModuleType,
+                                                                  types.MethodType))
+
+
 class _Snapshot:
     def __init__(self, objects: list[Any]) -> None:
         self.states: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
         self.grads: list[tuple[nn.Parameter, bool]] = []
         seen: set[int] = set()
         for obj in objects:
-            modules = list(obj.modules()) if isinstance(obj, nn.Module) else [obj]
+            items = list(obj.modules()) if isinstance(obj, nn.Module) else [obj]
             if not isinstance(obj, nn.Module):
-                modules += [v for v in vars(obj).values() if isinstance(v, nn.Module)]
-                modules = [m for root in modules for m in (root.modules() if isinstance(root, nn.Module) else [root])]
-            for item in modules:
+                # A pipeline or processor: its modules, and its other parts (tokenizers, scheduler) one level deep.
+                parts = [v for v in vars(obj).values() if isinstance(v, nn.Module) or _is_plain_object(v)]
+                items += [m for part in parts for m in (part.modules() if isinstance(part, nn.Module) else [part])]
+            for item in items:
                 if id(item) in seen:
                     continue
                 seen.add(id(item))
@@ -69,3 +80,31 @@ def restore_on_error(*objects: Any) -> Iterator[None]:
     except BaseException:
         snapshot.restore()
         raise
+
+
+def install() -> None:
+    """Make peft's `PeftModel.from_pretrained` and `PeftModel.load_adapter` undo a refused load (idempotent).
+
+    peft attaches the adapter before it reads the weights; a file our tuners refuse (or that does not
+    fit) would otherwise leave the caller's model half-adapted, with wrappers and frozen weights.
+    """
+    from peft import PeftModel
+
+    current = PeftModel.__dict__["from_pretrained"].__func__
+    if not hasattr(current, "__wrapped__"):
+
+        @functools.wraps(current)
+        def from_pretrained(cls, model, *args, **kwargs):
+            with restore_on_error(model):
+                return current(cls, model, *args, **kwargs)
+
+        PeftModel.from_pretrained = classmethod(from_pretrained)
+    load = PeftModel.load_adapter
+    if not hasattr(load, "__wrapped__"):
+
+        @functools.wraps(load)
+        def load_adapter(self, *args, **kwargs):
+            with restore_on_error(self):
+                return load(self, *args, **kwargs)
+
+        PeftModel.load_adapter = load_adapter

@@ -29,3 +29,15 @@ def train_steps(model, batch, labels, steps: int, lr: float):
         optimizer.zero_grad()
         losses.append(loss.item())
     return losses, optimizer
+
+
+def perturb_adapter(model, seed: int = 0, scale: float = 0.05) -> None:
+    """Move every trainable tensor away from its initial value before a save.
+
+    Round-trip tests must do this: an untrained adapter is rebuilt identically from its seed, so a loader
+    that ignored the weights file would otherwise pass them.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in (p for p in model.parameters() if p.requires_grad):
+            param.add_(torch.randn(param.shape, generator=generator).to(param.dtype) * scale)

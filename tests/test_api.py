@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from fixtures import musicgen_inputs, musicgen_logits, tiny_musicgen
+from fixtures import musicgen_inputs, musicgen_logits, perturb_adapter, tiny_musicgen
 from peft import PeftModel
 
 import musicpeft
@@ -25,6 +25,7 @@ def test_round_trip_through_public_verbs(tmp_path, inputs):
     model = tiny_musicgen()
     peft_model = musicpeft.add_adapter(model, SoftMusicPromptConfig(num_virtual_tokens=6), adapter_name="korean")
     assert isinstance(peft_model, PeftModel)
+    perturb_adapter(peft_model)
     # The model itself is adapted in place: calling it directly uses the prompt too.
     assert torch.equal(_logits(model, inputs), _logits(peft_model, inputs))
     musicpeft.save_adapter(model, tmp_path / "korean-prompt", adapter_name="korean")
@@ -43,8 +44,10 @@ def test_round_trip_through_public_verbs(tmp_path, inputs):
 
 def test_second_adapter_on_the_same_model(tmp_path, inputs):
     first = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=4, init_seed=1))
+    perturb_adapter(first, seed=1)
     musicpeft.save_adapter(first, tmp_path / "a")
     second = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=4, init_seed=2))
+    perturb_adapter(second, seed=2)
     musicpeft.save_adapter(second, tmp_path / "b")
 
     model = musicpeft.load_adapter(tiny_musicgen(), tmp_path / "a", adapter_name="a")
@@ -77,6 +80,7 @@ def test_load_errors_are_clear(tmp_path):
 
 def test_pickle_needs_allow_pickle(tmp_path, inputs):
     peft_model = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=3))
+    perturb_adapter(peft_model)
     peft_model.save_pretrained(tmp_path, safe_serialization=False)
     with pytest.raises(AdapterFileError, match="pickle"):
         musicpeft.load_adapter(tiny_musicgen(), tmp_path)

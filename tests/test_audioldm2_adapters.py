@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_audioldm2_pipeline, tiny_musicgen
+from fixtures import perturb_adapter, tiny_audioldm2_pipeline, tiny_musicgen
 from peft import PeftModel
 
 import musicpeft
@@ -126,6 +126,8 @@ def test_soft_prompt_and_lora_together(tmp_path):
     pipe = tiny_audioldm2_pipeline()
     musicpeft.add_adapter(pipe, SoftMusicPromptConfig(num_virtual_tokens=2, init_seed=5))
     musicpeft.add_adapter(pipe, lora_config(pipe, "cross_attn", r=2, init_lora_weights=False))
+    perturb_adapter(pipe.text_encoder_2)
+    perturb_adapter(pipe.unet)
     adapted = generate(pipe)
     musicpeft.save_adapter(pipe, tmp_path / "both")
     assert sorted(json.loads((tmp_path / "both" / "musicpeft_adapter.json").read_text())["components"]) == [
