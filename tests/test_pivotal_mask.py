@@ -430,3 +430,34 @@ def test_loading_a_random_selection_does_not_redraw_it(tmp_path, monkeypatch):
     assert {k: v.tolist() for k, v in reused.base_model.selection_of("default").items()} == {
         k: v.tolist() for k, v in selection.items()
     }
+
+
+@pytest.mark.parametrize("offload", ["disk_offload", "device_map"])
+def test_loads_onto_a_base_offloaded_to_disk(run, tmp_path, offload):
+    """Issue 9: the load failed on meta weights (`Tensor.item()`), after a false fingerprint warning."""
+    from accelerate import disk_offload
+    from transformers import MusicgenForConditionalGeneration
+
+    peft_model, processor = run["peft_model"], run["processor"]
+    text = ["<koto> and <shamisen> duet", "a <shamisen> reel"]
+    reference = logits(peft_model, processor(text=text, return_tensors="pt", padding=True))
+    folder = _saved(run, tmp_path)
+    if offload == "disk_offload":  # every module, text encoder included
+        model = musicgen()
+        disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    else:  # the decoder on disk, as from_pretrained(device_map=...) does it
+        musicgen().save_pretrained(tmp_path / "base")
+        device_map = {"text_encoder": "cpu", "audio_encoder": "cpu", "decoder": "disk"}
+        model = MusicgenForConditionalGeneration.from_pretrained(
+            tmp_path / "base", device_map=device_map, offload_folder=str(tmp_path / "offload")
+        )
+    fresh = tiny_musicgen_processor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = concepts.load_concept_adapter(model, folder, processor=fresh)
+    assert not [w for w in caught if "fingerprint" in str(w.message)]
+    v_proj = loaded.base_model.model.get_submodule(SELF_V[0])
+    assert v_proj.base_layer.weight.device.type == "meta"  # still offloaded
+    assert v_proj.pivotal_values["default"].device.type == "cpu"
+    out = logits(loaded, fresh(text=text, return_tensors="pt", padding=True))
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=0)

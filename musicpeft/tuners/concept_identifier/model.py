@@ -14,7 +14,7 @@ from torch import nn
 from ... import concepts
 from ...families import TextEncoderSlot
 from ..strict_loading import require_complete
-from .components import Layout, base_fingerprint, layout_of
+from .components import Layout, base_fingerprint, execution_device, layout_of, readable_weight
 from .config import placeholder
 from .layer import ConceptEmbeddingLayer, TokenTable
 
@@ -108,8 +108,14 @@ class ConceptIdentifierModel(BaseTuner):
             tokenizer = tokenizers.get(slot.name)
             if tokenizer is not None:
                 concepts.check_identifier_tokens(tokenizer, placeholders)
-            rows = _initial_rows(config, weight, tokenizer, slot.name)
-            values[slot.name] = nn.Parameter(rows.to(device=weight.device, dtype=weight.dtype))
+            readable = readable_weight(embedding)
+            if readable is None:
+                raise ValueError(
+                    f"The {slot.name} text encoder's embedding is on the meta device with no offloaded copy to read; "
+                    "load the base with its weights (or accelerate offloading) before attaching identifier tokens."
+                )
+            rows = _initial_rows(config, readable, tokenizer, slot.name)
+            values[slot.name] = nn.Parameter(rows.to(device=execution_device(embedding), dtype=weight.dtype))
             embeddings.update({name: slot.name for name in names})
         fingerprint = base_fingerprint(layout, slots)
         if config.base_fingerprint is not None and config.base_fingerprint != fingerprint:
@@ -160,6 +166,18 @@ class ConceptIdentifierModel(BaseTuner):
             if adapter_name not in self.active_adapters:
                 new_module.requires_grad_(False)
             self._replace_module(parent, child_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        """peft's replacement, except for an offloaded base (weight on "meta").
+
+        peft moves the new adapter tensors to the base weight's device; for an accelerate-offloaded layer that
+        is "meta", which would drop their values. Our layers already put them on the execution device.
+        """
+        weight = getattr(child.get_base_layer() if hasattr(child, "get_base_layer") else child, "weight", None)
+        if weight is not None and weight.device.type == "meta":
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         raise ValueError(f"{current_key!r} matched target_modules, but identifier tokens only wrap embeddings.")
