@@ -311,3 +311,26 @@ def test_a_saved_placeholder_rule_without_its_tokens_is_refused(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"identifier tokens \['<harp:0>', '<harp:1>'\] that this tokenizer"):
         concepts.load_processor(tmp_path)
+
+
+def test_a_refused_load_leaves_model_and_tokenizer_as_they_were(tmp_path):
+    from safetensors.torch import save_file
+
+    peft_model, _ = attach()
+    musicpeft.save_adapter(peft_model, tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    save_file({"base_model.model.text_encoder.shared.other": torch.zeros(6, 32)}, weights)
+    model, processor = musicgen(), tiny_musicgen_processor()
+    concepts.bind_processor(model, processor)
+    modules = [type(m) for m in model.modules()]
+    with pytest.raises(ValueError, match="lack .*concept_embeddings"):
+        musicpeft.load_adapter(model, tmp_path)
+    assert [type(m) for m in model.modules()] == modules and not hasattr(model, "peft_config")
+    assert model.text_encoder.encoder.embed_tokens.weight is model.text_encoder.shared.weight
+    assert concepts.placeholder_definitions(processor.tokenizer) == {}
+    assert processor(text="a <koto> jig")["input_ids"] == tiny_musicgen_processor()(text="a <koto> jig")["input_ids"]
+    # The same processor can take the (repaired) adapter afterwards.
+    musicpeft.save_adapter(peft_model, tmp_path)
+    loaded = musicpeft.load_adapter(model, tmp_path)
+    assert torch.equal(logits(loaded, processor(text=PROMPTS, return_tensors="pt", padding=True)),
+                       logits(peft_model, processor(text=PROMPTS, return_tensors="pt", padding=True)))
