@@ -528,3 +528,20 @@ def test_a_refused_second_adapter_leaves_the_first_as_it_was(run, tmp_path):
     assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
     assert concepts.placeholder_definitions(fresh.tokenizer) == definitions
     assert torch.equal(logits(loaded, inputs), reference)
+
+
+@pytest.mark.parametrize("rows", [4, 400], ids=["sparse_product", "fused"])
+def test_sparse_forward_under_bf16_autocast(rows):
+    """Mixed precision training (accelerate's autocast) must work on both paths."""
+    layer, _ = _sparse_layer()
+    values = layer.pivotal_values["default"]
+    x = torch.randn(rows, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        reference = _dense_reference(layer, x)
+    torch.testing.assert_close(out.float(), reference.float(), atol=0.1, rtol=0.05)
+    dx, dv = torch.autograd.grad(out.float().sum(), [x, values])
+    ref_dx, ref_dv = torch.autograd.grad(reference.float().sum(), [x, values])
+    assert dx.dtype == x.dtype and dv.dtype == values.dtype
+    torch.testing.assert_close(dv, ref_dv, atol=0.5, rtol=0.05)
+    torch.testing.assert_close(dx, ref_dx, atol=0.5, rtol=0.05)
