@@ -4,7 +4,8 @@ diffusers' textual inversion expands a multi-vector placeholder in the pipeline 
 MusicGen has no such step and AudioLDM2's pipeline does not call it. Here the expansion lives on the
 tokenizer itself, so every caller (a MusicGen processor, AudioLDM2's `encode_prompt`, a collator) gets it:
 `install_placeholders` gives one tokenizer instance an `_encode_plus`/`tokenize` that expand placeholders
-first (instance attributes: the class, the vocabulary and `save_pretrained` are untouched).
+first (instance attributes: the class and the vocabulary are untouched; the rule is also kept in the
+tokenizer's `init_kwargs`, so a saved tokenizer carries it and `restore_placeholders` can reinstall it).
 
 The identifier tokens themselves are added to the tokenizer as added tokens (`<koto:0>`, `<koto:1>`, ...);
 the ids the tokenizer gives them are read back and handed to the embedding layers, which answer them from
@@ -29,8 +30,11 @@ from typing import Any
 from torch import nn
 
 PLACEHOLDER = re.compile(r"<([\w\-]+)>")
+IDENTIFIER_TOKEN = re.compile(r"<[\w\-]+:\d+>")
 _DEFINITIONS = "_musicpeft_placeholders"
 _OWN_TOKENS = "_musicpeft_identifier_tokens"
+# Key in `tokenizer.init_kwargs`, hence in the tokenizer_config.json that `save_pretrained` writes.
+SAVED_PLACEHOLDERS = "musicpeft_placeholders"
 
 
 class UnknownConceptError(ValueError):
@@ -119,8 +123,23 @@ def install_placeholders(tokenizer: Any, definitions: Mapping[str, str]) -> None
         raise TypeError(f"{type(tokenizer).__name__} is not a transformers tokenizer; cannot expand placeholders.")
     merged = {**getattr(tokenizer, _DEFINITIONS, {}), **definitions}
     object.__setattr__(tokenizer, _DEFINITIONS, merged)
+    _record(tokenizer, merged)
     tokenizer._encode_plus = _EncodePlus(tokenizer)
     tokenizer.tokenize = _Tokenize(tokenizer)
+
+
+def _record(tokenizer: Any, definitions: Mapping[str, str]) -> None:
+    """Keep the rule in `init_kwargs`: `save_pretrained` writes it to tokenizer_config.json with the added tokens.
+
+    Without it a saved processor (say, next to a merged model) reloads with the identifier tokens but reads
+    `<koto>` as characters; `restore_placeholders` / `load_processor` read it back.
+    """
+    init_kwargs = getattr(tokenizer, "init_kwargs", None)
+    if isinstance(init_kwargs, dict):
+        if definitions:
+            init_kwargs[SAVED_PLACEHOLDERS] = dict(definitions)
+        else:
+            init_kwargs.pop(SAVED_PLACEHOLDERS, None)
 
 
 def remove_placeholders(tokenizer: Any, placeholders: list[str] | None = None) -> None:
@@ -128,6 +147,7 @@ def remove_placeholders(tokenizer: Any, placeholders: list[str] | None = None) -
     current = getattr(tokenizer, _DEFINITIONS, {})
     keep = {} if placeholders is None else {k: v for k, v in current.items() if k not in placeholders}
     object.__setattr__(tokenizer, _DEFINITIONS, keep)
+    _record(tokenizer, keep)
     if not keep:
         for name in ("_encode_plus", "tokenize"):
             tokenizer.__dict__.pop(name, None)
@@ -159,6 +179,67 @@ def add_identifier_tokens(tokenizer: Any, tokens: list[str]) -> dict[str, int]:
     if missing:
         raise RuntimeError(f"{type(tokenizer).__name__} did not accept the identifier tokens {missing}.")
     return ids
+
+
+def saved_placeholders(tokenizer: Any) -> dict[str, str]:
+    """The placeholder rule a saved tokenizer carries (its tokenizer_config.json), checked; {} if none."""
+    saved = (getattr(tokenizer, "init_kwargs", None) or {}).get(SAVED_PLACEHOLDERS)
+    if saved is None:
+        return {}
+    where = f"{SAVED_PLACEHOLDERS!r} of the {type(tokenizer).__name__}'s tokenizer_config.json"
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items()):
+        raise ValueError(f"{where} must map placeholder strings to strings, got {saved!r}.")
+    bad = [k for k in saved if not PLACEHOLDER.fullmatch(k)]
+    if bad:
+        raise ValueError(f"{where} holds {bad}, which are not placeholders like '<koto>'.")
+    tokens = [t for v in saved.values() for t in IDENTIFIER_TOKEN.findall(v)]
+    missing = [t for t in tokens if not _is_vocabulary_token(tokenizer, t)]
+    if missing:
+        raise ValueError(
+            f"{where} expands to identifier tokens {missing[:6]} that this tokenizer does not have; the tokenizer "
+            "files do not belong to the placeholder rule."
+        )
+    return dict(saved)
+
+
+def restore_placeholders(obj: Any) -> dict[str, str]:
+    """Make a reloaded processor, tokenizer or pipeline expand the concept placeholders it was saved with.
+
+    A tokenizer that expanded placeholders (a concept adapter was bound, merged or not) is saved with its
+    identifier tokens and the rule (`musicpeft_placeholders` in tokenizer_config.json). transformers reloads
+    the tokens but not the rule; this installs it again. Returns placeholder -> expansion over all of `obj`'s
+    tokenizers (empty when nothing was saved). `load_processor` and `bind_processor` call it.
+    """
+    from .tuners.concept_identifier.components import is_pipeline
+
+    if is_pipeline(obj):
+        tokenizers = [getattr(obj, n) for n in ("tokenizer", "tokenizer_2") if getattr(obj, n, None) is not None]
+    else:
+        tokenizer = getattr(obj, "tokenizer", None)
+        tokenizers = [tokenizer if tokenizer is not None else obj]
+    restored: dict[str, str] = {}
+    for tokenizer in tokenizers:
+        saved = saved_placeholders(tokenizer)
+        if not saved:
+            continue
+        tokens = {t for v in saved.values() for t in IDENTIFIER_TOKEN.findall(v)}
+        object.__setattr__(tokenizer, _OWN_TOKENS, set(getattr(tokenizer, _OWN_TOKENS, set())) | tokens)
+        install_placeholders(tokenizer, saved)
+        restored.update(saved)
+    return restored
+
+
+def load_processor(path: Any, **kwargs: Any) -> Any:
+    """`AutoProcessor.from_pretrained` that also restores the concept placeholders saved with the processor.
+
+    Use it for a processor saved next to a merged concept model: a plain reload would read `<koto>` as
+    characters and condition the model on something else than the learned concept.
+    """
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    restore_placeholders(processor)
+    return processor
 
 
 # -- models, processors, pipelines ------------------------------------------------------------------------
@@ -214,6 +295,7 @@ def bind_processor(model_or_pipe: Any, processor: Any = None) -> None:
             if not hasattr(tokenizer, "convert_tokens_to_ids"):
                 raise TypeError(f"{type(processor).__name__} has no tokenizer for the {slot.name} text encoder.")
             bound[slot.name] = tokenizer
+        restore_placeholders(processor)
         object.__setattr__(base, "_musicpeft_tokenizers", bound)
     for tuner in concept_tuners(model_or_pipe):
         tuner.sync_tokenizers()

@@ -267,3 +267,70 @@ def test_concept_adapters_are_recognised(tmp_path):
     assert not concepts.is_concept_adapter(musicpeft.SoftMusicPromptConfig())
     ConceptIdentifierConfig(concepts=["koto"]).save_pretrained(tmp_path)
     assert concepts.is_concept_adapter(tmp_path) and not concepts.is_concept_adapter(tmp_path / "missing")
+
+
+def test_merged_and_saved_model_and_processor_keep_the_placeholders(tmp_path):
+    """Issue 9: after merge + save, a reloaded processor read `<koto>` as characters (silently wrong)."""
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    peft_model, processor = attach(init_seed=5)
+    with torch.no_grad():
+        peft_model.get_base_model().text_encoder.shared.concept_embeddings["default"].mul_(3.0)
+    prompt = ["a jig on <koto>", "<shamisen> and <koto> duet"]
+    reference = logits(peft_model, processor(text=prompt, return_tensors="pt", padding=True))
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    model = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
+    reloaded = concepts.load_processor(tmp_path)
+    assert torch.equal(logits(model, reloaded(text=prompt, return_tensors="pt", padding=True)), reference)
+    assert concepts.placeholder_definitions(reloaded.tokenizer)["<koto>"] == "<koto:0><koto:1><koto:2>"
+    # transformers alone reloads the tokens but not the rule; restore_placeholders puts it back.
+    plain = AutoProcessor.from_pretrained(tmp_path)
+    chars = plain(text=prompt, return_tensors="pt", padding=True)
+    assert not torch.equal(logits(model, chars), reference)
+    assert set(concepts.restore_placeholders(plain)) == {"<koto>", "<shamisen>"}
+    assert torch.equal(logits(model, plain(text=prompt, return_tensors="pt", padding=True)), reference)
+    # Binding the reloaded processor to a model restores the rule too, and the tokens count as ours (no clash).
+    again = AutoProcessor.from_pretrained(tmp_path)
+    fresh_model = musicgen()
+    concepts.bind_processor(fresh_model, again)
+    musicpeft.add_adapter(fresh_model, ConceptIdentifierConfig(concepts=["koto"]))
+    assert again(text="<koto>")["input_ids"] == reloaded(text="<koto>")["input_ids"]
+
+
+def test_a_saved_placeholder_rule_without_its_tokens_is_refused(tmp_path):
+    import json
+
+    _, processor = attach()
+    processor.save_pretrained(tmp_path)
+    config_path = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["musicpeft_placeholders"]["<harp>"] = "<harp:0><harp:1>"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"identifier tokens \['<harp:0>', '<harp:1>'\] that this tokenizer"):
+        concepts.load_processor(tmp_path)
+
+
+def test_a_refused_load_leaves_model_and_tokenizer_as_they_were(tmp_path):
+    from safetensors.torch import save_file
+
+    peft_model, _ = attach()
+    musicpeft.save_adapter(peft_model, tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    save_file({"base_model.model.text_encoder.shared.other": torch.zeros(6, 32)}, weights)
+    model, processor = musicgen(), tiny_musicgen_processor()
+    concepts.bind_processor(model, processor)
+    modules = [type(m) for m in model.modules()]
+    with pytest.raises(ValueError, match="lack .*concept_embeddings"):
+        musicpeft.load_adapter(model, tmp_path)
+    assert [type(m) for m in model.modules()] == modules and not hasattr(model, "peft_config")
+    assert model.text_encoder.encoder.embed_tokens.weight is model.text_encoder.shared.weight
+    assert concepts.placeholder_definitions(processor.tokenizer) == {}
+    assert processor(text="a <koto> jig")["input_ids"] == tiny_musicgen_processor()(text="a <koto> jig")["input_ids"]
+    # The same processor can take the (repaired) adapter afterwards.
+    musicpeft.save_adapter(peft_model, tmp_path)
+    loaded = musicpeft.load_adapter(model, tmp_path)
+    assert torch.equal(logits(loaded, processor(text=PROMPTS, return_tensors="pt", padding=True)),
+                       logits(peft_model, processor(text=PROMPTS, return_tensors="pt", padding=True)))

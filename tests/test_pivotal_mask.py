@@ -430,3 +430,118 @@ def test_loading_a_random_selection_does_not_redraw_it(tmp_path, monkeypatch):
     assert {k: v.tolist() for k, v in reused.base_model.selection_of("default").items()} == {
         k: v.tolist() for k, v in selection.items()
     }
+
+
+@pytest.mark.parametrize("offload", ["disk_offload", "device_map"])
+def test_loads_onto_a_base_offloaded_to_disk(run, tmp_path, offload):
+    """Issue 9: the load failed on meta weights (`Tensor.item()`), after a false fingerprint warning."""
+    from accelerate import disk_offload
+    from transformers import MusicgenForConditionalGeneration
+
+    peft_model, processor = run["peft_model"], run["processor"]
+    text = ["<koto> and <shamisen> duet", "a <shamisen> reel"]
+    reference = logits(peft_model, processor(text=text, return_tensors="pt", padding=True))
+    folder = _saved(run, tmp_path)
+    if offload == "disk_offload":  # every module, text encoder included
+        model = musicgen()
+        disk_offload(model, offload_dir=str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    else:  # the decoder on disk, as from_pretrained(device_map=...) does it
+        musicgen().save_pretrained(tmp_path / "base")
+        device_map = {"text_encoder": "cpu", "audio_encoder": "cpu", "decoder": "disk"}
+        model = MusicgenForConditionalGeneration.from_pretrained(
+            tmp_path / "base", device_map=device_map, offload_folder=str(tmp_path / "offload")
+        )
+    fresh = tiny_musicgen_processor()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = concepts.load_concept_adapter(model, folder, processor=fresh)
+    assert not [w for w in caught if "fingerprint" in str(w.message)]
+    v_proj = loaded.base_model.model.get_submodule(SELF_V[0])
+    assert v_proj.base_layer.weight.device.type == "meta"  # still offloaded
+    assert v_proj.pivotal_values["default"].device.type == "cpu"
+    out = logits(loaded, fresh(text=text, return_tensors="pt", padding=True))
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=0)
+
+
+def _plain_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("damage", ["missing_values", "indices_out_of_range", "unsorted_indices"])
+def test_a_refused_load_leaves_the_model_as_it_was(run, tmp_path, damage):
+    """Issue 9: after a refused load the pivotal and concept wrappers stayed in the model."""
+    from safetensors.torch import save_file
+
+    from musicpeft.tuners.concept_identifier import ConceptEmbeddingLayer
+    from musicpeft.tuners.pivotal_mask import PivotalLinear
+
+    folder = _saved(run, tmp_path)
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = f"base_model.model.{SELF_V[0]}.pivotal_indices"
+    if damage == "missing_values":
+        del tensors[f"base_model.model.{SELF_V[0]}.pivotal_values"]
+    elif damage == "indices_out_of_range":
+        tensors[key] = tensors[key] + 10_000
+    else:
+        tensors[key] = tensors[key].flip(0).contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+    model, processor = musicgen(), tiny_musicgen_processor()
+    concepts.bind_processor(model, processor)
+    before, modules = _plain_state(model), [type(m) for m in model.modules()]
+    inputs = processor(text=["a jig"], return_tensors="pt")
+    reference = logits(model, inputs)
+    with pytest.raises(ValueError, match="lack .*pivotal_values|fall outside a weight|sorted and unique"):
+        musicpeft.load_adapter(model, folder)
+    assert not any(isinstance(m, (PivotalLinear, ConceptEmbeddingLayer)) for m in model.modules())
+    assert [type(m) for m in model.modules()] == modules
+    after = _plain_state(model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not hasattr(model, "peft_config")
+    assert concepts.placeholder_definitions(processor.tokenizer) == {}
+    assert torch.equal(logits(model, inputs), reference)
+
+
+def test_a_refused_second_adapter_leaves_the_first_as_it_was(run, tmp_path):
+    from safetensors.torch import save_file
+
+    good = _saved(run, tmp_path / "good")
+    bad = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(good, bad)
+    tensors = load_file(bad / "adapter_model.safetensors")
+    del tensors[f"base_model.model.{CROSS_KV[0]}.pivotal_delta"]
+    save_file(tensors, bad / "adapter_model.safetensors", metadata={"format": "pt"})
+
+    fresh = tiny_musicgen_processor()
+    loaded = concepts.load_concept_adapter(musicgen(), good, processor=fresh)
+    inputs = fresh(text=["<koto> and <shamisen> duet"], return_tensors="pt")
+    reference = logits(loaded, inputs)
+    state = {k: v.clone() for k, v in loaded.state_dict().items()}
+    definitions = concepts.placeholder_definitions(fresh.tokenizer)
+    with pytest.raises(ValueError, match="lack .*pivotal_delta"):
+        musicpeft.load_adapter(loaded.get_base_model(), bad, adapter_name="second")
+    assert list(loaded.peft_config) == ["default"] and loaded.active_adapters == ["default"]
+    after = loaded.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    assert concepts.placeholder_definitions(fresh.tokenizer) == definitions
+    assert torch.equal(logits(loaded, inputs), reference)
+
+
+@pytest.mark.parametrize("rows", [4, 400], ids=["sparse_product", "fused"])
+def test_sparse_forward_under_bf16_autocast(rows):
+    """Mixed precision training (accelerate's autocast) must work on both paths."""
+    layer, _ = _sparse_layer()
+    values = layer.pivotal_values["default"]
+    x = torch.randn(rows, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        reference = _dense_reference(layer, x)
+    torch.testing.assert_close(out.float(), reference.float(), atol=0.1, rtol=0.05)
+    dx, dv = torch.autograd.grad(out.float().sum(), [x, values])
+    ref_dx, ref_dv = torch.autograd.grad(reference.float().sum(), [x, values])
+    assert dx.dtype == x.dtype and dv.dtype == values.dtype
+    torch.testing.assert_close(dv, ref_dv, atol=0.5, rtol=0.05)
+    torch.testing.assert_close(dx, ref_dx, atol=0.5, rtol=0.05)

@@ -89,12 +89,18 @@ class Layout:
             raise TypeError(f"The {slot.name} text encoder ({type(encoder).__name__}) has no get_input_embeddings().")
         embedding = encoder.get_input_embeddings()
         weight = embedding.get_base_layer().weight if isinstance(embedding, ConceptEmbeddingLayer) else embedding.weight
+        # An accelerate-offloaded encoder unties the tables (each module gets its own "meta" placeholder):
+        # there, every meta vocabulary table of the same shape is a copy of the input embedding.
+        offloaded = weight.device.type == "meta"
         found: list[str] = []
         for name, module in encoder.named_modules():
             if any(name.startswith(f + ".") for f in found):
                 continue
             base = module.get_base_layer() if isinstance(module, ConceptEmbeddingLayer) else module
-            if isinstance(base, nn.Embedding) and base.weight is weight:
+            if not isinstance(base, nn.Embedding):
+                continue
+            tied = offloaded and base.weight.device.type == "meta" and base.weight.shape == weight.shape
+            if base.weight is weight or tied:
                 found.append(name)
         return [f"{slot.module}.{name}" if name else slot.module for name in found]
 
@@ -135,6 +141,43 @@ def base_weight(module: nn.Module) -> torch.Tensor:
     return module.get_base_layer().weight if hasattr(module, "get_base_layer") else module.weight
 
 
+def _offload_hooks(module: nn.Module) -> list[Any]:
+    hook = getattr(module, "_hf_hook", None)
+    return list(getattr(hook, "hooks", None) or ([hook] if hook is not None else []))
+
+
+def readable_weight(module: nn.Module) -> torch.Tensor | None:
+    """A module's weight with its values: an accelerate-offloaded weight (on "meta") is read from its hook's
+    weights map (CPU memory or the offload folder). None when the values are nowhere to be found.
+    """
+    module = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    weight = module.weight
+    if weight.device.type != "meta":
+        return weight
+    for hook in _offload_hooks(module):
+        weights_map = getattr(hook, "weights_map", None)
+        if weights_map is None:
+            continue
+        try:
+            return weights_map["weight"]
+        except (KeyError, TypeError):
+            continue
+    return None
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where a module computes: its weight's device, or its offload hook's execution device (CPU if none)."""
+    module = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    weight = module.weight
+    if weight.device.type != "meta":
+        return weight.device
+    for hook in _offload_hooks(module):
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return torch.device("cpu")
+
+
 def base_fingerprint(layout: Layout, slots: list[TextEncoderSlot]) -> str:
     """A short digest of the base weights an adapter acts on (attention projections and embedding tables).
 
@@ -147,9 +190,10 @@ def base_fingerprint(layout: Layout, slots: list[TextEncoderSlot]) -> str:
     names = layout.names(layout.self_value_regex) + layout.names(layout.cross_key_value_regex)
     names += [layout.embedding_modules(slot)[0] for slot in slots]
     for name in names:
-        weight = base_weight(modules[name]).detach()
-        if weight.device.type == "meta":
+        weight = readable_weight(modules[name])  # offloaded weights count too: no false mismatch warning
+        if weight is None:
             continue
+        weight = weight.detach()
         flat = weight.reshape(-1)
         step = max(1, flat.numel() // 4096)
         digest.update(f"{name}:{tuple(weight.shape)}".encode())

@@ -7,14 +7,14 @@ import zlib
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from torch import nn
 
 from ... import concepts
 from ...families import TextEncoderSlot
 from ..strict_loading import require_complete
-from .components import Layout, base_fingerprint, layout_of
+from .components import Layout, base_fingerprint, execution_device, layout_of, readable_weight
 from .config import placeholder
 from .layer import ConceptEmbeddingLayer, TokenTable
 
@@ -108,8 +108,14 @@ class ConceptIdentifierModel(BaseTuner):
             tokenizer = tokenizers.get(slot.name)
             if tokenizer is not None:
                 concepts.check_identifier_tokens(tokenizer, placeholders)
-            rows = _initial_rows(config, weight, tokenizer, slot.name)
-            values[slot.name] = nn.Parameter(rows.to(device=weight.device, dtype=weight.dtype))
+            readable = readable_weight(embedding)
+            if readable is None:
+                raise ValueError(
+                    f"The {slot.name} text encoder's embedding is on the meta device with no offloaded copy to read; "
+                    "load the base with its weights (or accelerate offloading) before attaching identifier tokens."
+                )
+            rows = _initial_rows(config, readable, tokenizer, slot.name)
+            values[slot.name] = nn.Parameter(rows.to(device=execution_device(embedding), dtype=weight.dtype))
             embeddings.update({name: slot.name for name in names})
         fingerprint = base_fingerprint(layout, slots)
         if config.base_fingerprint is not None and config.base_fingerprint != fingerprint:
@@ -161,6 +167,18 @@ class ConceptIdentifierModel(BaseTuner):
                 new_module.requires_grad_(False)
             self._replace_module(parent, child_name, new_module, target)
 
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        """peft's replacement, except for an offloaded base (weight on "meta").
+
+        peft moves the new adapter tensors to the base weight's device; for an accelerate-offloaded layer that
+        is "meta", which would drop their values. Our layers already put them on the execution device.
+        """
+        weight = getattr(child.get_base_layer() if hasattr(child, "get_base_layer") else child, "weight", None)
+        if weight is not None and weight.device.type == "meta":
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
+
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         raise ValueError(f"{current_key!r} matched target_modules, but identifier tokens only wrap embeddings.")
 
@@ -169,9 +187,13 @@ class ConceptIdentifierModel(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         config = self.peft_config[adapter_name]
+        self._state.setdefault("undo", {})[adapter_name] = self._snapshot()
         try:
             super().inject_adapter(model, adapter_name, *args, **kwargs)
             self._inject_embeddings(model, config, adapter_name)
+        except Exception:
+            self.rollback_adapter(adapter_name, keep_config=True)  # peft removes the config itself
+            raise
         finally:
             self._state["plans"].pop(id(config), None)
         # peft's housekeeping ran before the embeddings were wrapped: run it again.
@@ -235,8 +257,73 @@ class ConceptIdentifierModel(BaseTuner):
             out = {k: v for k, v in out.items() if not k.startswith(f"{alias}.concept_embeddings.")}
         return out
 
+    # -- a refused load leaves the model as it was --
+    def _snapshot(self) -> dict[str, Any]:
+        """What attaching an adapter changes besides its layers: token tables, placeholder rules."""
+        tokenizers = concepts.bound_tokenizers(self.model)
+        return {
+            "tables": {n: (dict(t.ids), {k: list(v) for k, v in t.placeholders.items()})
+                       for n, t in self._tables().items()},
+            "plain": {n: dict(v) for n, v in self._state["plain"].items()},
+            "tokenizers": [(t, concepts.placeholder_definitions(t)) for t in tokenizers.values()],
+        }
+
+    def rollback_adapter(self, adapter_name: str, keep_config: bool = False) -> None:
+        """Undo attaching `adapter_name` after its load was refused: layers, tables and tokenizers as before.
+
+        Layers left without any adapter are unwrapped again. The identifier tokens a tokenizer received stay in
+        its vocabulary (tokenizers cannot drop added tokens), but it no longer expands the placeholders.
+        """
+        if not keep_config:
+            self.peft_config.pop(adapter_name, None)
+        for name, module in list(self.model.named_modules()):
+            if not isinstance(module, BaseTunerLayer) or not isinstance(module, self.tuner_layer_cls):
+                continue
+            if adapter_name in module._get_available_adapters():
+                module.delete_adapter(adapter_name)
+            if not module._get_available_adapters():
+                parent_name, _, child_name = name.rpartition(".")
+                parent = self.model.get_submodule(parent_name) if parent_name else self.model
+                setattr(parent, child_name, module.get_base_layer())
+                table = getattr(module, "table", None)
+                if table is not None and module in table.layers:
+                    table.layers.remove(module)
+        undo = self._state.get("undo", {}).pop(adapter_name, None)
+        if undo is not None:
+            tables = self._tables()
+            for slot_name in list(tables):
+                if slot_name in undo["tables"]:
+                    ids, placeholders = undo["tables"][slot_name]
+                    tables[slot_name].ids, tables[slot_name].placeholders = ids, placeholders
+                elif not tables[slot_name].layers:
+                    del tables[slot_name]
+            self._state["plain"] = undo["plain"]
+            for tokenizer, definitions in undo["tokenizers"]:
+                concepts.remove_placeholders(tokenizer)
+                if definitions:
+                    concepts.install_placeholders(tokenizer, definitions)
+        remaining = [n for n in self.peft_config if n != adapter_name]
+        if adapter_name in self.active_adapters:
+            self.active_adapter = remaining[0] if remaining else []
+        if not remaining and hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Check and remap a loaded file; on refusal, detach the half-loaded adapter before raising."""
+        tuner = getattr(model, "base_model", model)
+        try:
+            out = cls._remap_checked(model, config, adapter_name, state_dict)
+        except Exception:
+            if isinstance(tuner, ConceptIdentifierModel):
+                tuner.rollback_adapter(adapter_name)
+            raise
+        if isinstance(tuner, ConceptIdentifierModel):
+            tuner._state.get("undo", {}).pop(adapter_name, None)
+        return out
+
+    @classmethod
+    def _remap_checked(cls, model, config, adapter_name, state_dict):
         out = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         for alias, primary in cls._tied_aliases(model).items():
             key = f"{primary}.concept_embeddings.{adapter_name}"

@@ -15,7 +15,6 @@ rows (decoding), or, for many rows (training, prefill), one fused op that builds
 keeps nothing of W's size for backward. Indices are stored as int32.
 """
 
-
 from __future__ import annotations
 
 from typing import Any
@@ -115,6 +114,10 @@ class PivotalLinear(nn.Module, BaseTunerLayer):
             if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
                 raise ValueError("Selected indices must be sorted and unique (flat, row-major).")
         return flat.to(index_dtype(numel))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._plans.pop(adapter_name, None)
 
     def num_selected(self, adapter_name: str) -> int:
         return int(self.pivotal_indices[adapter_name].numel()) if adapter_name in self.pivotal_indices else 0

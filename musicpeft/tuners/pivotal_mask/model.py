@@ -135,14 +135,14 @@ class PivotalMaskModel(ConceptIdentifierModel):
 
     # -- loading: a saved stage-2 adapter brings its own indices --
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: Any, adapter_name: str,
-                                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _remap_checked(cls, model: nn.Module, config: Any, adapter_name: str,
+                       state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for name, module in model.named_modules():
             if isinstance(module, PivotalLinear) and adapter_name in module.pivotal_indices:
                 key = cls._remove_adapter_name_from_key(f"{name}.pivotal_indices.{adapter_name}", adapter_name)
                 indices = state_dict.get(key, state_dict.get(key.removeprefix("base_model.model.")))
                 if indices is not None:
                     module.set_selection(adapter_name, indices)
-        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        remapped = super()._remap_checked(model, config, adapter_name, state_dict)
         require_complete(model, adapter_name, remapped, state_dict)
         return remapped

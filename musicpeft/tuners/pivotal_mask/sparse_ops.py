@@ -14,6 +14,7 @@ backward: ~2.2x the layer's cost per decoding step and one W_V per layer of extr
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -78,6 +79,7 @@ class SparsePlan:
 
 
 _CSR_DTYPES = (torch.float32, torch.float64)
+_nothing = contextlib.nullcontext
 
 
 def sparse_matmul(x: torch.Tensor, values: torch.Tensor, plan: SparsePlan) -> torch.Tensor:
@@ -87,7 +89,10 @@ def sparse_matmul(x: torch.Tensor, values: torch.Tensor, plan: SparsePlan) -> to
     if values.numel() == 0:
         return x2.new_zeros(*x.shape[:-1], out_features)
     if values.dtype in _CSR_DTYPES:
-        product = (plan.csr(values) @ x2.T).T
+        # Autocast would send the CSR product to bf16/fp16 kernels that do not exist on CPU: keep float32.
+        device = x2.device.type
+        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else _nothing():
+            product = (plan.csr(values) @ x2.to(values.dtype).T).T
     else:  # half precision: CSR kernels are missing on CPU; scatter a dense delta instead
         delta = torch.zeros(out_features * in_features, dtype=values.dtype, device=values.device)
         delta = delta.index_add(0, plan.flat, values).view(out_features, in_features)
@@ -103,7 +108,7 @@ class _SparseDeltaLinear(torch.autograd.Function):
         merged = weight.reshape(-1).index_add(0, flat, values).view_as(weight)
         out = F.linear(x, merged, bias)
         ctx.save_for_backward(x, weight, values, flat)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return out
 
     @staticmethod
@@ -111,16 +116,19 @@ class _SparseDeltaLinear(torch.autograd.Function):
         x, weight, values, flat = ctx.saved_tensors
         need_x, need_w, need_b, need_v, _ = ctx.needs_input_grad
         grad_x = grad_w = grad_b = grad_v = None
+        # Under autocast the forward ran in half precision: compute in the wider of the two dtypes.
+        dtype = torch.promote_types(grad.dtype, weight.dtype)
+        grad2 = grad.reshape(-1, grad.shape[-1]).to(dtype)
         if need_x:
-            merged = weight.reshape(-1).index_add(0, flat, values).view_as(weight)
-            grad_x = grad @ merged
+            merged = weight.reshape(-1).index_add(0, flat, values.to(weight.dtype)).view_as(weight)
+            grad_x = (grad2 @ merged.to(dtype)).reshape(x.shape).to(x.dtype)
             del merged
         if need_w or need_v:
-            full = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
-            grad_v = full.reshape(-1).index_select(0, flat) if need_v else None
-            grad_w = full if need_w else None
-        if need_b and ctx.has_bias:
-            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+            full = grad2.T @ x.reshape(-1, x.shape[-1]).to(dtype)
+            grad_v = full.reshape(-1).index_select(0, flat).to(values.dtype) if need_v else None
+            grad_w = full.to(weight.dtype) if need_w else None
+        if need_b and ctx.bias_dtype is not None:
+            grad_b = grad2.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, grad_v, None
 
 

@@ -1,0 +1,162 @@
+"""Pivotal stage 2 forward: the old dense rebuild of W_V' vs the sparse forward, side by side in one run.
+
+A stack of `--layers` (default 4) 1024x1024 self-attention value projections (musicgen-small has 24
+decoder layers of width 1024), each with 5% of its entries selected at random (`random_percent`), as `PivotalLinear`s:
+
+- old: what stage 2 did before: `F.linear(x, W + ΔW)`, rebuilding W' = W + ΔW per layer on every call
+  (and, under autograd, keeping W' until backward);
+- new: `PivotalLinear.forward` (`x @ W^T + x @ ΔW_sparse^T`: CSR product for few rows, a fused op that
+  keeps no W' for more).
+
+A third variant, base, runs the frozen linear layers alone (the floor). Cases: decoding (x of 2x1 rows,
+no grad) and training (x of 2x500 rows, forward + backward, gradients to the selected values and to x).
+Times are medians over `--repeats` interleaved runs (base, old, new, base, ...).
+Memory, per case and variant (both exact, from torch itself):
+- peak: the most bytes of tensors alive at once during one run (profiler memory events; the input and
+  the weights, allocated before, are not counted);
+- kept: bytes autograd keeps for backward besides the frozen weights and the input (saved-tensor hooks).
+
+    .venv/bin/python benchmarks/pivotal_forward.py                   # 4 layers, ~1 min on an idle core
+    .venv/bin/python benchmarks/pivotal_forward.py --layers 24        # musicgen-small's decoder depth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+CASES = {"decoding": ((2, 1), False), "training": ((2, 500), True)}
+
+
+def build(layers: int, width: int, percent: float) -> list:
+    from musicpeft.tuners.pivotal_mask import PivotalLinear, random_percent
+
+    torch.manual_seed(0)
+    stack = []
+    for i in range(layers):
+        base = torch.nn.Linear(width, width, bias=False).requires_grad_(False)
+        selection = random_percent({"v": (width, width)}, percent, seed=i)["v"]
+        layer = PivotalLinear(base, "default", "sparse", selection)
+        with torch.no_grad():
+            layer.pivotal_values["default"].normal_(std=0.01)
+        layer.pivotal_values["default"].requires_grad_(True)
+        stack.append(layer)
+    return stack
+
+
+def old_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """Stage 2 before the sparse forward: rebuild W' = W + ΔW, then one linear (autograd keeps W')."""
+    weight = layer.base_layer.weight
+    indices = layer.pivotal_indices["default"].long()
+    merged = weight.reshape(-1).index_add(0, indices, layer.pivotal_values["default"]).view_as(weight)
+    return F.linear(x, merged, layer.base_layer.bias)
+
+
+def base_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """The base layer alone (no adapter): the floor both variants are measured against."""
+    return layer.base_layer(x)
+
+
+def run(stack: list, variant: str, case: str, x: torch.Tensor) -> None:
+    forward = {"old": old_forward, "base": base_forward}.get(variant, lambda layer, h: layer(h))
+    _, train = CASES[case]
+    with torch.set_grad_enabled(train):
+        h = x
+        for layer in stack:
+            h = forward(layer, h)
+        if train:
+            h.sum().backward()
+            for layer in stack:
+                layer.pivotal_values["default"].grad = None
+
+
+def kept_for_backward(stack: list, variant: str, x: torch.Tensor) -> int:
+    """Bytes of distinct tensors autograd saves for backward, other than the frozen weights and the input."""
+    excluded = {layer.base_layer.weight.data_ptr() for layer in stack} | {x.data_ptr()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.data_ptr() not in excluded:
+            saved[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    forward = old_forward if variant == "old" else (lambda layer, h: layer(h))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        h = x
+        for layer in stack:
+            h = forward(layer, h)
+    return sum(saved.values())
+
+
+def peak_allocated(stack: list, variant: str, case: str, x: torch.Tensor) -> int:
+    """Peak bytes of tensors allocated and alive at once during one run (torch profiler's memory events).
+
+    Process RSS is useless here: the allocator keeps freed pages, so a second run reuses the first's.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run(stack, variant, case, x)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--percent", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    stack = build(args.layers, args.width, args.percent)
+    selected = sum(layer.num_selected("default") for layer in stack)
+    print(f"{args.layers} layers of {args.width}x{args.width}, {args.percent}% selected ({selected} values), "
+          f"torch {torch.__version__}, {args.threads} thread(s)")
+    results = {}
+    header = f"{'case':<10} {'rows':>5} {'base ms':>8} {'old ms':>9} {'new ms':>9} {'old/base':>8} {'new/base':>8} " \
+             f"{'old peak MB':>12} {'new peak MB':>12} {'old kept MB':>12} {'new kept MB':>12}"
+    print(header)
+    for case, (shape, train) in CASES.items():
+        x = torch.randn(*shape, args.width, requires_grad=train)
+        times = {"base": [], "old": [], "new": []}
+        with torch.no_grad():  # the two must compute the same thing
+            difference = float((torch.stack([old_forward(layer, x) for layer in stack]) -
+                                torch.stack([layer(x) for layer in stack])).abs().max())
+        for variant in times:
+            run(stack, variant, case, x)  # warm-up
+        for _ in range(args.repeats):
+            for variant in times:
+                start = time.perf_counter()
+                run(stack, variant, case, x)
+                times[variant].append((time.perf_counter() - start) * 1e3)
+        base_ms, old_ms, new_ms = (statistics.median(times[v]) for v in ("base", "old", "new"))
+        mem = {variant: {"peak_mb": peak_allocated(stack, variant, case, x) / 2**20,
+                         "kept_mb": kept_for_backward(stack, variant, x) / 2**20 if train else 0.0}
+               for variant in ("old", "new")}
+        results[case] = {"rows": shape[0] * shape[1], "base_ms": base_ms, "old_ms": old_ms, "new_ms": new_ms,
+                         "old_over_base": old_ms / base_ms, "new_over_base": new_ms / base_ms,
+                         "max_abs_difference": difference, "old": mem["old"], "new": mem["new"]}
+        print(f"{case:<10} {shape[0] * shape[1]:>5} {base_ms:>8.2f} {old_ms:>9.2f} {new_ms:>9.2f} "
+              f"{old_ms / base_ms:>8.2f} {new_ms / base_ms:>8.2f} {mem['old']['peak_mb']:>12.2f} "
+              f"{mem['new']['peak_mb']:>12.2f} {mem['old']['kept_mb']:>12.2f} {mem['new']['kept_mb']:>12.2f}")
+    print("max |old - new| per layer output:", {c: f"{r['max_abs_difference']:.1e}" for c, r in results.items()})
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
