@@ -409,7 +409,8 @@ def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: 
         "steps": len(result.losses),
         "train_loss": _finite(result.losses[-1]) if result.losses else None,
         "concept": args.concept,
-        "placeholder": word,
+        # recipe 'full' trains the base to a fixed rare word; the saved tokenizer knows no placeholder
+        "placeholder": dargs.rare_tokens[0] if recipe == "full" else word,
         "recipe": recipe,
         "adapter_dir": args.output_dir,
         "batch_size": dargs.train_batch_size,

@@ -159,3 +159,26 @@ def test_checkpoint_dir_and_resume_reproduce_the_uninterrupted_run(tmp_path, cap
         main(["train", "--base", "tiny-audioldm2", "--data", "rendered:107:2", "--resume", str(model_only),
               "--output-dir", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_concept_methods_train_and_load_with_the_placeholder(tmp_path):
+    from musicpeft import concepts
+    from musicpeft.tiny import tiny_musicgen_processor
+
+    for method in ("concepts", "pivotal"):
+        out = tmp_path / method
+        assert main(["train", "--base", "tiny-musicgen", "--data", "rendered:107:2", "--method", method,
+                     "--concept", "koto", "--output-dir", str(out), *FAST, "--epochs", "1",
+                     "--encode-cache", str(tmp_path / "enc")]) == 0
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert (summary["steps"], summary["placeholder"], summary["train_clips"]) == (2, "<koto>", 2)
+        assert summary["recipe"] == {"concepts": "tokens_only", "pivotal": "dreamstyler"}[method]
+        base = load_base("tiny-musicgen", "cpu")
+        processor = tiny_musicgen_processor()
+        model = concepts.load_concept_adapter(base.model, str(out), processor=processor)
+        assert "<koto>" in concepts.placeholder_definitions(processor.tokenizer)  # the prompt word works again
+        assert model.peft_config["default"].concepts == ["koto"]
+    with pytest.raises(ValueError, match="concept: --method pivotal needs --concept NAME"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:2", method="pivotal")
+    with pytest.raises(ValueError, match="concept: only the methods concepts, pivotal and dreamstyler"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:2", concept="koto")
