@@ -507,6 +507,7 @@ def run_training(args: TrainArguments) -> dict:
             "eval_clips": 0 if eval_data is None else len(eval_data),
             "clip_seconds": clip_seconds,
             "processes": 1 if state is None else state.num_processes,
+            "is_main_process": _is_main_process(),
             **result,
             "seconds": round(time.time() - started, 1),
             "summary_file": os.path.join(args.output_dir, SUMMARY_FILE),
