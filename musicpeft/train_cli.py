@@ -186,6 +186,12 @@ def _check_inputs(args: TrainArguments) -> str:
             raise FileNotFoundError(f"data: {args.data} has no metadata.jsonl (one JSON object per audio file with "
                                     "'file_name' or 'path' and a caption such as 'text' or 'description')")
     check_output_dir(args.output_dir, args.overwrite)
+    output = os.path.abspath(args.output_dir) + os.sep
+    for name in ("data", "resume"):
+        value = getattr(args, name)
+        if value and os.path.exists(value) and (os.path.abspath(value) + os.sep).startswith(output):
+            raise ValueError(f"{name}: {value} lies inside --output-dir {args.output_dir}, which the run replaces; "
+                             "choose another --output-dir")
     if args.checkpoint_dir is not None:
         inside = os.path.abspath(args.checkpoint_dir) + os.sep
         if inside.startswith(os.path.abspath(args.output_dir) + os.sep):

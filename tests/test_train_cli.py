@@ -230,3 +230,18 @@ def test_bf16_mixed_precision_on_cpu(tmp_path, base):
     assert_finite(summary)
     weights = _adapter_tensors(tmp_path / "adapter")
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())  # fp32 master weights
+
+
+def test_overwrite_never_replaces_the_data_or_the_current_folder(tmp_path, monkeypatch):
+    data = tmp_path / "out" / "clips"
+    data.mkdir(parents=True)
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "a.wav", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="data: .*clips lies inside --output-dir"):
+        main(["train", "--base", "tiny-musicgen", "--data", str(data), "--output-dir", str(tmp_path / "out"),
+              "--overwrite"])
+    monkeypatch.chdir(data)
+    for output in (".", str(tmp_path)):
+        with pytest.raises(ValueError, match="output_dir: .* is the current folder or holds it"):
+            main(["train", "--base", "tiny-musicgen", "--data", "rendered:107:2", "--output-dir", output,
+                  "--overwrite"])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["clips", "metadata.jsonl", "out"]
