@@ -51,7 +51,9 @@ class TrainArguments:
     method: str = field(
         default="soft_prompt",
         metadata={"help": "soft_prompt, lora:<preset> (MusicGen: self_attn, attn, attn_mlp; AudioLDM2: self_attn, "
-                  "cross_attn, attn, attn_ff) or full (the whole decoder / U-Net)."},
+                  "cross_attn, attn, attn_ff), full (the whole decoder / U-Net), or with --concept: concepts "
+                  "(identifier tokens), pivotal (DreamStyler) or dreamstyler:<recipe> (tokens_only, cross_attn_kv, "
+                  "dreamstyler, full)."},
     )
     num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (paper: 30)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha = 2 * r)."})
@@ -408,8 +410,8 @@ def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: 
     if _is_main_process():
         if recipe == "full":
             _save_full_concept(base, out)
-        else:
-            musicpeft.save_adapter(result.model, out)
+        else:  # a pipeline saves through itself (one folder per adapted component)
+            musicpeft.save_adapter(base.model if base.processor is None else result.model, out)
     return {
         "trainable_parameters": int(sum(result.trainable.values())),
         "steps": len(result.losses),
