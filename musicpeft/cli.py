@@ -58,7 +58,8 @@ def _train(namespace: argparse.Namespace) -> int:
 
     args = TrainArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(TrainArguments)})
     summary = run_training(args)
-    print("\n" + format_summary(summary))
+    if summary.get("is_main_process", True):
+        print("\n" + format_summary(summary))
     return 0
 
 

@@ -51,7 +51,9 @@ class TrainArguments:
     method: str = field(
         default="soft_prompt",
         metadata={"help": "soft_prompt, lora:<preset> (MusicGen: self_attn, attn, attn_mlp; AudioLDM2: self_attn, "
-                  "cross_attn, attn, attn_ff) or full (the whole decoder / U-Net)."},
+                  "cross_attn, attn, attn_ff), full (the whole decoder / U-Net), or with --concept: concepts "
+                  "(identifier tokens), pivotal (DreamStyler) or dreamstyler:<recipe> (tokens_only, cross_attn_kv, "
+                  "dreamstyler, full)."},
     )
     num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (paper: 30)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha = 2 * r)."})
@@ -186,6 +188,12 @@ def _check_inputs(args: TrainArguments) -> str:
             raise FileNotFoundError(f"data: {args.data} has no metadata.jsonl (one JSON object per audio file with "
                                     "'file_name' or 'path' and a caption such as 'text' or 'description')")
     check_output_dir(args.output_dir, args.overwrite)
+    output = os.path.abspath(args.output_dir) + os.sep
+    for name in ("data", "resume"):
+        value = getattr(args, name)
+        if value and os.path.exists(value) and (os.path.abspath(value) + os.sep).startswith(output):
+            raise ValueError(f"{name}: {value} lies inside --output-dir {args.output_dir}, which the run replaces; "
+                             "choose another --output-dir")
     if args.checkpoint_dir is not None:
         inside = os.path.abspath(args.checkpoint_dir) + os.sep
         if inside.startswith(os.path.abspath(args.output_dir) + os.sep):
@@ -402,14 +410,15 @@ def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: 
     if _is_main_process():
         if recipe == "full":
             _save_full_concept(base, out)
-        else:
-            musicpeft.save_adapter(result.model, out)
+        else:  # a pipeline saves through itself (one folder per adapted component)
+            musicpeft.save_adapter(base.model if base.processor is None else result.model, out)
     return {
         "trainable_parameters": int(sum(result.trainable.values())),
         "steps": len(result.losses),
         "train_loss": _finite(result.losses[-1]) if result.losses else None,
         "concept": args.concept,
-        "placeholder": word,
+        # recipe 'full' trains the base to a fixed rare word; the saved tokenizer knows no placeholder
+        "placeholder": dargs.rare_tokens[0] if recipe == "full" else word,
         "recipe": recipe,
         "adapter_dir": args.output_dir,
         "batch_size": dargs.train_batch_size,
@@ -506,6 +515,7 @@ def run_training(args: TrainArguments) -> dict:
             "eval_clips": 0 if eval_data is None else len(eval_data),
             "clip_seconds": clip_seconds,
             "processes": 1 if state is None else state.num_processes,
+            "is_main_process": _is_main_process(),
             **result,
             "seconds": round(time.time() - started, 1),
             "summary_file": os.path.join(args.output_dir, SUMMARY_FILE),

@@ -23,6 +23,9 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise MusicpeftInputError(f"output_dir: {path} exists and is not a folder")
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise MusicpeftInputError(f"output_dir: {path} is the current folder or holds it; name a folder of its own")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         names = sorted(p.name for p in path.iterdir())
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")

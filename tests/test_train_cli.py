@@ -133,7 +133,9 @@ def test_infinite_learning_rate_stops_with_an_error_and_saves_nothing(tmp_path, 
 def _adapter_tensors(folder) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(folder / "adapter_model.safetensors")
+    files = sorted(folder.rglob("adapter_model.safetensors"))  # pipelines: one per adapted component
+    assert files, folder
+    return {f"{f.parent.relative_to(folder)}/{k}": v for f in files for k, v in load_file(f).items()}
 
 
 def test_checkpoint_dir_and_resume_reproduce_the_uninterrupted_run(tmp_path, capsys):
@@ -159,3 +161,87 @@ def test_checkpoint_dir_and_resume_reproduce_the_uninterrupted_run(tmp_path, cap
         main(["train", "--base", "tiny-audioldm2", "--data", "rendered:107:2", "--resume", str(model_only),
               "--output-dir", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_concept_methods_train_and_load_with_the_placeholder(tmp_path):
+    from musicpeft import concepts
+    from musicpeft.tiny import tiny_musicgen_processor
+
+    for method in ("concepts", "pivotal"):
+        out = tmp_path / method
+        assert main(["train", "--base", "tiny-musicgen", "--data", "rendered:107:2", "--method", method,
+                     "--concept", "koto", "--output-dir", str(out), *FAST, "--epochs", "1",
+                     "--encode-cache", str(tmp_path / "enc")]) == 0
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert (summary["steps"], summary["placeholder"], summary["train_clips"]) == (2, "<koto>", 2)
+        assert summary["recipe"] == {"concepts": "tokens_only", "pivotal": "dreamstyler"}[method]
+        base = load_base("tiny-musicgen", "cpu")
+        processor = tiny_musicgen_processor()
+        model = concepts.load_concept_adapter(base.model, str(out), processor=processor)
+        assert "<koto>" in concepts.placeholder_definitions(processor.tokenizer)  # the prompt word works again
+        assert model.peft_config["default"].concepts == ["koto"]
+    with pytest.raises(ValueError, match="concept: --method pivotal needs --concept NAME"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:2", method="pivotal")
+    with pytest.raises(ValueError, match="concept: only the methods concepts, pivotal and dreamstyler"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:2", concept="koto")
+
+
+def without_dropout(monkeypatch) -> None:
+    """Bases loaded by `musicpeft train` get dropout 0, so runs that split a batch differently can agree."""
+    import musicpeft.train_cli as train_cli
+
+    def load(*args, **kwargs):
+        base = load_base(*args, **kwargs)
+        modules = base.model.modules() if isinstance(base.model, torch.nn.Module) else [
+            m for c in base.model.components.values() if isinstance(c, torch.nn.Module) for m in c.modules()]
+        for module in modules:
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
+                if isinstance(getattr(module, name, None), float):  # functional dropout (MusicGen decoder)
+                    setattr(module, name, 0.0)
+        return base
+
+    monkeypatch.setattr(train_cli, "load_base", load)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, monkeypatch):
+    without_dropout(monkeypatch)
+    common = ["--base", "tiny-musicgen", "--data", "rendered:107:2", "--eval-fraction", "0", *FAST, "--max-steps",
+              "2", "--learning-rate", "0.01", "--encode-cache", str(tmp_path / "enc")]
+    assert main(["train", *common, "--batch-size", "2", "--output-dir", str(tmp_path / "big")]) == 0
+    assert main(["train", *common, "--batch-size", "1", "--gradient-accumulation-steps", "2",
+                 "--output-dir", str(tmp_path / "acc")]) == 0
+    big, acc = _adapter_tensors(tmp_path / "big"), _adapter_tensors(tmp_path / "acc")
+    assert big.keys() == acc.keys()
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-5)
+    summaries = [json.loads((tmp_path / d / "train_summary.json").read_text()) for d in ("big", "acc")]
+    assert [s["steps"] for s in summaries] == [2, 2]
+    assert summaries[1]["train_loss"] == pytest.approx(summaries[0]["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("base", ["tiny-musicgen", "tiny-audioldm2"])
+def test_bf16_mixed_precision_on_cpu(tmp_path, base):
+    extra = ["--clip-seconds", "1.28", "--gradient-accumulation-steps", "2"] if base == "tiny-audioldm2" else []
+    summary = train(tmp_path, "--base", base, "--data", "rendered:107:2", "--eval-fraction", "0",
+                    "--mixed-precision", "bf16", *extra)
+    assert summary["steps"] == 2 and summary["arguments"]["mixed_precision"] == "bf16"
+    assert_finite(summary)
+    weights = _adapter_tensors(tmp_path / "adapter")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())  # fp32 master weights
+
+
+def test_overwrite_never_replaces_the_data_or_the_current_folder(tmp_path, monkeypatch):
+    data = tmp_path / "out" / "clips"
+    data.mkdir(parents=True)
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "a.wav", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="data: .*clips lies inside --output-dir"):
+        main(["train", "--base", "tiny-musicgen", "--data", str(data), "--output-dir", str(tmp_path / "out"),
+              "--overwrite"])
+    monkeypatch.chdir(data)
+    for output in (".", str(tmp_path)):
+        with pytest.raises(ValueError, match="output_dir: .* is the current folder or holds it"):
+            main(["train", "--base", "tiny-musicgen", "--data", "rendered:107:2", "--output-dir", output,
+                  "--overwrite"])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["clips", "metadata.jsonl", "out"]

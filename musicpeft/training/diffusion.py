@@ -447,7 +447,8 @@ def train_audioldm2(
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         _average_gradients(accelerator, params)
-                        check_finite_gradients(named.items(), global_step + 1)
+                        if args.mixed_precision != "fp16":  # fp16: the loss scaler skips overflowing steps
+                            check_finite_gradients(named.items(), global_step + 1)
                         if args.max_grad_norm is not None:
                             accelerator.clip_grad_norm_(params, args.max_grad_norm)
                     lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses

@@ -56,7 +56,8 @@ def finite_check_callback() -> Any:
         """Raises NonFiniteTrainingError at the first non-finite gradient or trainable weight."""
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            if model is not None:
+            # under fp16 an overflowing gradient is routine: the loss scaler skips that step and scales down
+            if model is not None and not args.fp16:
                 check_finite_gradients(model.named_parameters(), state.global_step + 1)
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
