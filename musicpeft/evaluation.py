@@ -2,8 +2,11 @@
 
 Why one command: an adapter's effect is only visible next to the base model it adapts, generated
 from the same prompts with the same seeds and scored against the same reference set. Here the base
-is loaded once; every adapter is loaded onto a fresh copy of it (so no adapter can leak into the
-base's clips or another adapter's); prompt ``i`` is generated with seed ``seed + i`` by every model;
+is loaded once and generates first; every adapter is then loaded once onto that same base under its
+own name and activated in turn (:func:`~musicpeft.generation.switch_adapters`: no copy of the base, and
+the base is checked to be unchanged whenever adapters are unloaded); prompts are generated in batches
+of ``batch_size``, prompt ``i`` with its own generator seeded ``seed + i`` by every model (its clip does
+not depend on the batch);
 ``clap_kld`` scores every model against one :class:`~musicpeft.metrics.ReferenceSet`; and, for
 MusicGen, token cross-entropy on held-out clips says whether the adapter models real music better.
 The report (:func:`~musicpeft.metrics.report.write_report` plus a setup and a cross-entropy section)
@@ -14,7 +17,6 @@ How clips are generated reproducibly for each family: :mod:`musicpeft.generation
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import time
@@ -34,7 +36,7 @@ from .generation import (
     generate_clips,
     load_base,
     save_clips,
-    with_adapter,
+    switch_adapters,
 )
 from .prompt_sets import PromptSet, load_prompt_set
 
@@ -94,7 +96,7 @@ class EvaluateArguments:
     )
     num_inference_steps: int = field(default=200, metadata={"help": "AudioLDM2 denoising steps."})
     output_dir: str = field(default="evaluation", metadata={"help": "Folder for the report, plots and wavs."})
-    batch_size: int = field(default=8, metadata={"help": "Batch size of AudioLDM2 generation and of scoring."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts generated at once, and clips scored at once."})
     max_prompts_per_category: int | None = field(
         default=None, metadata={"help": "Use only the first N prompts of each category.", "type": int}
     )
@@ -320,14 +322,12 @@ def run_evaluation(args: EvaluateArguments) -> dict:
     scoring = _prepare_scoring(args, base, device)
     timings["load_reference_heldout_clap"] = time.time() - tick
 
-    runs = {}
-    for name in [BASELINE, *folders]:
-        model = base.model if name == BASELINE else with_adapter(base, folders[name])
+    # The base first, before any adapter touches it; then every adapter on that same base (no copies).
+    runs = {BASELINE: _evaluate_model(BASELINE, base.model, base, prompt_set, seeds, guidance, scoring, args,
+                                      timings)}
+    for name, model in switch_adapters(base, folders):
         runs[name] = _evaluate_model(name, model, base, prompt_set, seeds, guidance, scoring, args, timings)
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    runs = {name: runs[name] for name in [BASELINE, *folders]}
 
     setup = {
         "arguments": asdict(args),
