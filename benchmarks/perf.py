@@ -23,9 +23,12 @@ are kept in `--json`).
 How. The parent process imports everything and builds the base model once, with one torch thread, and
 then forks one child per method and round: each child attaches its method through the public API
 (`musicpeft.add_adapter`, `musicpeft.load_adapter`), so the benchmark measures whatever the library does
-today. Rounds visit the methods in alternating order (forward, then backward), so drift in the machine's
-load falls on every method alike; each time is the fastest sample over rounds × repeats (as `timeit`
-reports it: other processes only add time), each memory figure the median. Peak RSS is the
+today. Generation is timed against an untouched copy of the base (made in the child before attaching),
+the two generating in turn, and ×base is the median of those paired ratios: a pair sees the same machine
+load. `full_ft` generates with exactly the base's computation, so its paired ratios measure the noise, and
+a target closer to its limit than that is reported as within noise. ×LoRA divides a method's ratio by
+LoRA's. Rounds visit the methods in alternating order (forward, then backward); other times are the fastest
+sample over rounds × repeats (as `timeit` reports: other processes only add time), memory the median. Peak RSS is the
 kernel's high-water mark (`VmHWM`, reset through `/proc/self/clear_refs` right before attaching; where
 that is not possible the child's `ru_maxrss` is used and the table says so). `tracemalloc` is not used:
 it sees only Python's allocator, not torch's tensor memory. A forked child shares the base's pages with
@@ -673,6 +676,11 @@ def report(result: dict[str, Any]) -> str:
         f"load average at start {', '.join(f'{x:.2f}' for x in setup['load_average_at_start'])}; "
         f"run {setup['run_s']:.0f} s; " + ", ".join(f"{k} {v}" for k, v in setup["versions"].items()) + ".",
         noise_line(result["runs"]),
+        *[
+            f"Memory of `{n}`: {r['peak_scope']} (/proc/self/clear_refs was not writable)."
+            for n, r in result["rows"].items()
+            if r.get("peak_scope") not in (None, "VmHWM since attach")
+        ],
         "",
         "Targets:",
         *target_lines(result["rows"], result["encoder"], result["runs"]),
