@@ -71,11 +71,14 @@ def test_perf_tiny_reports_every_method_with_finite_ratios(tmp_path):
         for column in columns:
             value = _ratio(row[column])
             assert math.isfinite(value) and value > 0, (name, column, row[column])
-    assert _ratio(rows["base"]["gen greedy ×base"]) == 1.0
     assert _ratio(rows[perf.LORA_REFERENCE]["train step ×LoRA"]) == 1.0
     # A file never holds fewer bytes than the values it trains.
     assert all(_ratio(r["adapter file ×floor"]) >= 1.0 for n, r in rows.items() if n != "base")
 
     result = json.loads(out.read_text())
     assert set(result["rows"]) == set(rows)
+    # Every adapted model was timed against its own untouched base copy, one pair per repeat.
+    for name, runs in result["runs"].items():
+        if name != "base":
+            assert [len(r["gen_greedy_pair_ratios"]) for r in runs] == [1], name
     assert "Targets:" in proc.stdout and proc.stdout.count(" — ") >= len(perf.TARGETS)
