@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import html
 import importlib.util
 import json
 import os
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -196,8 +197,8 @@ class AppModels:
         if not source:
             raise ValueError("Base: choose a base model (tiny-musicgen, a local folder or a Hub id).")
         if self._base is None or self._base.source != source:
-            self._base, self._variants = None, {}
-            self._base = self._load_base(source)
+            loaded = self._load_base(source)  # a base that fails to load leaves the current one in place
+            self._base, self._variants = loaded, {}
         return self._base
 
     def _load_base(self, source: str) -> LoadedBase:
@@ -229,8 +230,11 @@ class AppModels:
 
     def generate(self, source: str, adapters: Sequence[str], prompt: str, *, seconds: float, seed: int,
                  guidance_scale: float | None = None, include_base: bool = True,
-                 num_inference_steps: int = 50) -> list[Clip]:
-        """One clip for the base (if ``include_base``) and one per adapter, all from ``seed``."""
+                 num_inference_steps: int = 50, on_clip: Callable[[int, int, str], Any] | None = None) -> list[Clip]:
+        """One clip for the base (if ``include_base``) and one per adapter, all from ``seed``.
+
+        ``on_clip(i, n, label)`` is called before clip ``i`` of ``n`` is generated (the page's progress bar).
+        """
         prompt = (prompt or "").strip()
         adapters = [a.strip() for a in adapters if a and a.strip()]
         if not prompt:
@@ -251,7 +255,9 @@ class AppModels:
             self._check_placeholders(prompt, known, base)
             guidance = default_guidance(base, guidance_scale)
             clips = []
-            for label, loaded in models:
+            for i, (label, loaded) in enumerate(models):
+                if on_clip is not None:
+                    on_clip(i, len(models), label)
                 text = prompt_for(prompt, set(known_placeholders(loaded)), known)
                 audio = generate_clips(loaded, loaded.model, [text], [int(seed)], seconds=seconds,
                                        guidance_scale=guidance, num_inference_steps=num_inference_steps)[0]
@@ -297,15 +303,19 @@ def build_app(base: str = "", adapters: Sequence[str] = (), *, bases: Sequence[s
             return "No concept placeholders in the selected adapters (Hub adapters show theirs after loading)."
         return "Placeholders you can use: " + ", ".join(f"`{p}`" for p in found)
 
-    def run(base_source, selected, prompt, secs, seed, guidance, include_base, steps, progress=gr.Progress()):
-        progress(0, desc="Loading models and generating")
+    # gradio finds the progress tracker by this default value (its documented idiom)
+    def run(base_source, selected, prompt, secs, seed, guidance, include_base, steps,
+            progress=gr.Progress()):  # noqa: B008
+        progress(0, desc="Loading the base and adapters")
         start = time.perf_counter()
         try:
             clips = models.generate(base_source, list(selected or ()), prompt, seconds=float(secs), seed=int(seed),
                                     guidance_scale=float(guidance) if guidance else None,
-                                    include_base=bool(include_base), num_inference_steps=int(steps))
+                                    include_base=bool(include_base), num_inference_steps=int(steps),
+                                    on_clip=lambda i, n, label: progress((i, n), desc=f"Generating: {label}"))
         except (ValueError, OSError) as err:  # bad input: a message naming the field, no traceback
-            raise gr.Error(str(err)) from None
+            # the toast renders HTML: escaped, or "<koto>" in the message would vanish as an unknown tag
+            raise gr.Error(html.escape(str(err)), duration=30) from None
         players = [gr.update(value=c.path, label=c.label, visible=True) for c in clips]
         players += [gr.update(value=None, visible=False)] * (MAX_CLIPS - len(clips))
         return (*players, spectrogram_image(clips), _describe(clips, time.perf_counter() - start))
