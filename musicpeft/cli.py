@@ -1,4 +1,5 @@
-"""`musicpeft` command line: `musicpeft demo`, `musicpeft train`, `musicpeft evaluate`, `musicpeft push`.
+"""`musicpeft` command line: `musicpeft demo`, `musicpeft train`, `musicpeft evaluate`, `musicpeft push`,
+`musicpeft app`.
 
 Arguments are dataclasses shared with the Python API.
 """
@@ -128,7 +129,21 @@ def _push(namespace: argparse.Namespace) -> int:
     return 0
 
 
+def _app(namespace: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise SystemExit("musicpeft app: the browser demo needs gradio, which is not installed; "
+                         "install it with: pip install 'musicpeft[app]'")
+    from .app import AppArguments, launch_app
+
+    args = AppArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(AppArguments)})
+    launch_app(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .app import AppArguments
     from .demo import DemoArguments
     from .evaluation import EvaluateArguments
     from .train_cli import TrainArguments
@@ -152,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     push = commands.add_parser("push", help="Upload a saved adapter folder to the Hub with a model card.")
     _add_push_arguments(push)
     push.set_defaults(run=_push, subparser=push)
+    app = commands.add_parser("app", help="Browser demo (Gradio): a base and its adapters on one prompt, audio and "
+                                          "spectrograms; needs the 'app' extra.")
+    _add_dataclass_arguments(app, AppArguments)
+    app.set_defaults(run=_app, subparser=app)
     return parser
 
 
