@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .families import family_of, get_submodule
-from .tuners.concept_identifier.components import is_pipeline
+from .tuners.concept_identifier.components import execution_device, is_pipeline
 from .tuners.concept_identifier.config import placeholder
 
 
@@ -42,9 +42,9 @@ def encode_prompts(model_or_pipe: Any, prompts: list[str], *, text_encoder: str 
     tokens are what gets encoded.
     """
     encoder, tokenizer = _encoder_and_tokenizer(model_or_pipe, text_encoder, processor)
-    weight = next(encoder.parameters())
+    device = execution_device(encoder.get_input_embeddings())  # an offloaded encoder computes elsewhere
     batch = tokenizer(prompts, padding=True, return_tensors="pt")
-    ids, mask = batch["input_ids"].to(weight.device), batch["attention_mask"].to(weight.device)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
