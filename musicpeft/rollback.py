@@ -42,6 +42,7 @@ class _Snapshot:
         self.states: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
         self.grads: list[tuple[nn.Parameter, bool]] = []
         seen: set[int] = set()
+        self._remember_placeholders(objects)
         for obj in objects:
             items = list(obj.modules()) if isinstance(obj, nn.Module) else [obj]
             if not isinstance(obj, nn.Module):
@@ -57,7 +58,27 @@ class _Snapshot:
                 if isinstance(item, nn.Module):
                     self.grads += [(p, p.requires_grad) for p in item.parameters(recurse=False)]
 
+    def _remember_placeholders(self, objects: list[Any]) -> None:
+        # Tokenizers bound for concept placeholders live beside the model: keep only their placeholder rules
+        # (their added tokens cannot be removed, and restoring their other state would desync the backend).
+        from . import concepts
+
+        self.placeholders = [
+            (tok, concepts.placeholder_definitions(tok))
+            for obj in objects if isinstance(obj, nn.Module)
+            for tok in getattr(obj, "_musicpeft_tokenizers", {}).values()
+        ]
+
+    def _restore_placeholders(self) -> None:
+        from . import concepts
+
+        for tokenizer, definitions in self.placeholders:
+            concepts.remove_placeholders(tokenizer)
+            if definitions:
+                concepts.install_placeholders(tokenizer, definitions)
+
     def restore(self) -> None:
+        self._restore_placeholders()
         for item, state, containers in self.states:
             current = vars(item)
             for key in [k for k in current if k not in state]:
