@@ -582,7 +582,11 @@ def target_lines(
 # ------------------------------------------------------------------------------------------------- driver
 
 
-def run(size: Size, methods: list[str], seed: int, encoder_check: bool, log=print) -> dict[str, Any]:
+def run(
+    size: Size, methods: list[str], seed: int, encoder_check: bool, log=print, partial_json: str | None = None
+) -> dict[str, Any]:
+    """Every method × round in forked children; with `partial_json`, the measurements so far are written
+    there after each child, so a long run that is stopped still leaves what it measured."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -611,6 +615,8 @@ def run(size: Size, methods: list[str], seed: int, encoder_check: bool, log=prin
                         loads[name].append(loaded["load_s"])
                     shutil.rmtree(result["folder"], ignore_errors=True)
                 log(f"  round {round_index + 1}/{size.rounds} {name}: done ({time.perf_counter() - start:.0f} s)")
+                if partial_json:
+                    _write_json(partial_json, {"size": asdict(size), "partial": True, "runs": runs, "loads": loads})
         encoder = in_child(encoder_calls_second_epoch, workdir, seed) if encoder_check else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -622,6 +628,14 @@ def run(size: Size, methods: list[str], seed: int, encoder_check: bool, log=prin
         "runs": runs,
         "setup": _setup(load_average, time.perf_counter() - start),
     }
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 def _setup(load_average: tuple[float, float, float], seconds: float) -> dict[str, Any]:
@@ -716,13 +730,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(known)}")
         methods = [m for m in known if m in chosen or m in ("base", LORA_REFERENCE)]
-    result = run(
-        size, methods, args.seed, not args.skip_encoder_check, log=lambda msg: print(msg, file=sys.stderr, flush=True)
-    )
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    result = run(size, methods, args.seed, not args.skip_encoder_check, log=log, partial_json=args.json)
     print(report(result))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2, default=str)
+        _write_json(args.json, result)
     return 1 if any("error" in r for r in result["rows"].values()) else 0
 
 

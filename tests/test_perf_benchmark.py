@@ -48,7 +48,7 @@ def test_perf_tiny_reports_every_method_with_finite_ratios(tmp_path):
         "--json",
         str(out),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     lines = [line for line in proc.stdout.splitlines() if line.startswith("|")]
