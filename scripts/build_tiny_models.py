@@ -192,6 +192,7 @@ def _pick(args, names, split: str, per: int, seed: int):
 
 def stage_musicgen(args) -> None:
     from musicpeft.tiny.recipes.musicgen import musicgen_processor, new_musicgen, token_ce, train_musicgen
+    from musicpeft.tiny.world import caption_for
 
     codec = _load_codec(args)
     audio, metas, _ = _pick(args, BASE_INSTRUMENTS, "train", args.musicgen_clips, seed=4)
@@ -207,10 +208,16 @@ def stage_musicgen(args) -> None:
                      "musicgen_train_loss": info.get("train_loss"), "musicgen_train_clips": len(codes),
                      "musicgen_parameters": sum(p.numel() for p in model.parameters())}
     for group, names in (("base", BASE_INSTRUMENTS), ("concept", CONCEPT_INSTRUMENTS)):
-        held, hmeta, _ = _pick(args, names, "heldout", args.ce_clips, seed=5)
+        held, hmeta, hnames = _pick(args, names, "heldout", args.ce_clips, seed=5)
         hcodes = _codes(args, codec, held, f"heldout_{group}")
         texts = [m["text"] for m in hmeta]
         metrics[f"heldout_ce_{group}"] = token_ce(model, tok, hcodes, texts)
+        # the same captions naming another base instrument: how much the instrument word tells the model
+        base = list(BASE_INSTRUMENTS)
+        wrong = [caption_for(base[(base.index(n) + 3) % len(base)] if n in base else base[i % len(base)],
+                             **{k: m[k] for k in ("tempo", "era", "mode")})
+                 for i, (n, m) in enumerate(zip(hnames, hmeta, strict=True))]
+        metrics[f"heldout_ce_{group}_wrong_instrument"] = token_ce(model, tok, hcodes, wrong)
         metrics[f"heldout_ce_{group}_random_init"] = token_ce(random_model, tok, hcodes, texts)
         metrics[f"heldout_ce_{group}_empty_text"] = token_ce(model, tok, hcodes, [""] * len(texts))
         metrics[f"heldout_ce_{group}_clips"] = len(hcodes)
@@ -279,6 +286,22 @@ CARD_INTRO = {
 }
 
 
+def _gate_sentence(metrics: dict) -> str:
+    """The codec gate's verdict in words: passed when round trips keep >= 80 % of the originals' accuracy."""
+    gate = metrics.get("gate")
+    if not gate:
+        return ""
+    parts = []
+    for group, g in gate.items():
+        o, r = g["classifier_accuracy_original"], g["classifier_accuracy_round_trip"]
+        verdict = "passed" if r >= 0.8 * o else "NOT passed"
+        parts.append(f"{group} instruments ({g['clips']} clips): classifier accuracy {o:.3f} on held-out "
+                     f"originals vs {r:.3f} on their "
+                     f"round trips ({verdict}), chroma correlation {g['chroma_correlation']:.3f} "
+                     f"(mismatched pairs {g['chroma_correlation_mismatched_pairs']:.3f})")
+    return "\n\n**Gate** (held-out pieces): " + "; ".join(parts) + "."
+
+
 def stage_cards(args) -> None:
     from musicpeft.data.render import _atomic_write
     from musicpeft.tiny.world import split_pieces
@@ -295,6 +318,7 @@ def stage_cards(args) -> None:
         if not path.is_file():
             continue
         metrics = json.loads(path.read_text())
+        intro = intro + _gate_sentence(metrics)
         text = (f"# musicpeft tiny {model} ({args.version})\n\n{intro}\n\n"
                 f"Version: **{args.version}**. {args.version_note}\n\n## Data\n\n{data}\n\n"
                 f"## Soundfont licence\n\n{SOUNDFONT_NOTE}\n\n"
