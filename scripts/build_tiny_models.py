@@ -3,8 +3,8 @@
 Stages (``--stages``, comma separated, in this order by default):
 
   data        render the micro-world (musicpeft.tiny.world) into arrays under --work
-  classifier  instrument classifier (log-mel/MFCC statistics + logistic regression)     ~2 min
-  codec       tiny EnCodec (time budget --codec-minutes, checkpointed, resumable)       30 min default
+  classifier  instrument classifier (log-mel/MFCC statistics + logistic regression)     ~8 min
+  codec       tiny EnCodec (--codec-minutes + --codec-phase2-minutes, resumable)        18 + 10 min
   gate        codec gate: classifier accuracy on held-out originals vs round trips, chroma correlation
   musicgen    tiny MusicGen on the codec's codes of base-instrument captions              --musicgen-minutes
   clap        tiny CLAP, contrastive, all instruments incl. codec round trips             --clap-minutes
@@ -269,8 +269,9 @@ work of the soundfont is not settled, so treat them as GPL-2-encumbered if that 
 
 CARD_INTRO = {
     "codec": "Tiny EnCodec (transformers `EncodecModel`): 16 kHz mono, hop 320 (50 frames/s), 4 codebooks of 512, "
-             "trained with multi-resolution STFT + log-mel + waveform L1 losses, a commitment loss and EMA "
-             "(k-means) codebooks with straight-through quantisation; no adversarial loss. "
+             "trained in two phases (1: multi-resolution STFT log-magnitude + spectral convergence + log-mel + "
+             "waveform L1 losses; 2: log-magnitude and log-mel losses only), a commitment loss and EMA (k-means) "
+             "codebooks with straight-through quantisation; no adversarial loss. "
              "Load: `musicpeft.tiny.load_trained_codec()`.",
     "musicgen": "Tiny MusicGen (transformers `MusicgenForConditionalGeneration`): 2-layer T5 text encoder over a "
                 "word-level vocabulary (concept words such as *koto* included, never trained on), 4-layer decoder "
@@ -337,19 +338,19 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "musicpeft" / "tiny" / "weights")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared 2-core machine: OpenMP spin-waits)")
-    parser.add_argument("--codec-minutes", type=float, default=30.0)
+    parser.add_argument("--codec-minutes", type=float, default=18.0)
     parser.add_argument("--codec-phase2-minutes", type=float, default=10.0,
                         help="then fine-tune with log-spectral losses only (see musicpeft/tiny/recipes/codec.py)")
     parser.add_argument("--codec-phase2-lr", type=float, default=1e-3)
-    parser.add_argument("--musicgen-minutes", type=float, default=25.0)
-    parser.add_argument("--clap-minutes", type=float, default=12.0)
+    parser.add_argument("--musicgen-minutes", type=float, default=14.0)
+    parser.add_argument("--clap-minutes", type=float, default=10.0)
     parser.add_argument("--classifier-clips", type=int, default=200, help="train clips per instrument")
     parser.add_argument("--eval-clips", type=int, default=40, help="held-out clips per instrument")
     parser.add_argument("--gate-clips", type=int, default=16, help="held-out clips per instrument for the gate")
-    parser.add_argument("--musicgen-clips", type=int, default=300, help="train clips per base instrument")
+    parser.add_argument("--musicgen-clips", type=int, default=180, help="train clips per base instrument")
     parser.add_argument("--ce-clips", type=int, default=20, help="held-out clips per instrument for CE/retrieval")
     parser.add_argument("--clap-clips", type=int, default=250, help="train clips per instrument")
-    parser.add_argument("--clap-round-trips", type=int, default=80, help="codec round trips per instrument")
+    parser.add_argument("--clap-round-trips", type=int, default=40, help="codec round trips per instrument")
     parser.add_argument("--version", default="v1", help="written into the model cards")
     parser.add_argument("--version-note", default="", help="one line for the model cards (e.g. how long it trained)")
     args = parser.parse_args(argv)
