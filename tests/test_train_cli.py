@@ -188,21 +188,16 @@ def test_concept_methods_train_and_load_with_the_placeholder(tmp_path):
 
 def without_dropout(monkeypatch) -> None:
     """Bases loaded by `musicpeft train` get dropout 0, so runs that split a batch differently can agree."""
+    import importlib.util
+    from pathlib import Path
+
     import musicpeft.train_cli as train_cli
 
-    def load(*args, **kwargs):
-        base = load_base(*args, **kwargs)
-        modules = base.model.modules() if isinstance(base.model, torch.nn.Module) else [
-            m for c in base.model.components.values() if isinstance(c, torch.nn.Module) for m in c.modules()]
-        for module in modules:
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-            for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
-                if isinstance(getattr(module, name, None), float):  # functional dropout (MusicGen decoder)
-                    setattr(module, name, 0.0)
-        return base
-
-    monkeypatch.setattr(train_cli, "load_base", load)
+    script = Path(__file__).parent / "scripts" / "train_without_dropout.py"
+    spec = importlib.util.spec_from_file_location("train_without_dropout", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(train_cli, "load_base", module.load_without_dropout)
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path, monkeypatch):
