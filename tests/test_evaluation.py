@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -88,12 +90,20 @@ def read_wavs(out, name: str) -> list[np.ndarray]:
     return clips
 
 
-def test_evaluate_musicgen_soft_prompt(inputs, capsys):
-    payload, report = run_cli(
-        inputs, "musicgen", "--base", "tiny-musicgen", "--adapters", f"koto={inputs['root'] / 'mg-prompt'}",
-        "--heldout", inputs["heldout"], "--seed", "7",
-    )
-    out = inputs["root"] / "musicgen"
+@pytest.fixture(scope="module")
+def musicgen_run(inputs) -> dict:
+    """One `musicpeft evaluate` of a soft prompt on the tiny MusicGen, shared by the tests that read its output."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        payload, report = run_cli(
+            inputs, "musicgen", "--base", "tiny-musicgen", "--adapters", f"koto={inputs['root'] / 'mg-prompt'}",
+            "--heldout", inputs["heldout"], "--seed", "7",
+        )
+    return {"payload": payload, "report": report, "out": inputs["root"] / "musicgen", "printed": printed.getvalue()}
+
+
+def test_evaluate_musicgen_soft_prompt(musicgen_run):
+    payload, report, out = musicgen_run["payload"], musicgen_run["report"], musicgen_run["out"]
     check_scores(payload, ["base", "koto"])
     ce = payload["token_cross_entropy"]
     assert set(ce) == {"base", "koto"}
@@ -114,7 +124,7 @@ def test_evaluate_musicgen_soft_prompt(inputs, capsys):
     base = load_base("tiny-musicgen", "cpu")
     fresh = generate_clips(base, base.model, [PROMPTS["genres"][0]], [9], seconds=1.0, guidance_scale=3.0)
     np.testing.assert_allclose(fresh[0], base_wavs[2], rtol=0, atol=1e-6)
-    printed = capsys.readouterr().out
+    printed = musicgen_run["printed"]
     assert "koto" in printed and "cross_entropy" in printed and "report.md" in printed
 
 
@@ -296,3 +306,36 @@ def test_adapters_switched_on_one_base_generate_what_fresh_loads_do(tmp_path):
     again = generate_clips(base, base.model, prompts, seeds, seconds=0.5, guidance_scale=3.0)
     for a, b in zip(again, base_clips, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_push_card_from_the_evaluation(musicgen_run, inputs, local_hub):
+    """`musicpeft push --results`: the card gets the run's table and the adapter's clips, uploaded and linked."""
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    from musicpeft.model_card import check_card_metadata
+
+    results = str(musicgen_run["out"] / "results.json")
+    folder = str(inputs["root"] / "mg-prompt")
+    assert main(["push", "--folder", folder, "--repo-id", "user/koto", "--results", results]) == 0
+    summary = musicgen_run["payload"]["summary"]
+    ce = musicgen_run["payload"]["token_cross_entropy"]
+    card = ModelCard.load("user/koto")
+    check_card_metadata(card.content)
+    for name, label in (("base", "base (no adapter)"), ("koto", "**koto** (this adapter)")):
+        row = next(line for line in card.text.splitlines() if line.startswith(f"| {label} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        numbers = [summary[name]["clap_score"], summary[name]["kld"], summary[name]["fd_clap"],
+                   ce[name]["cross_entropy"], ce[name]["perplexity"]]
+        assert cells[1:6] == [f"{v:.4f}" for v in numbers] and cells[6] == "4/4", row
+    files = set(local_hub.api.list_repo_files("user/koto"))
+    wavs = sorted(f for f in files if f.startswith("samples/") and f.endswith(".wav"))
+    assert len(wavs) == 4 and "samples/spectrograms.png" in files
+    for i, wav in enumerate(wavs):
+        assert f'<audio controls src="{wav}"></audio>' in card.text
+        assert f'"{PROMPTS[["instruments", "genres"][i // 2]][i % 2]}"' in card.text
+        uploaded, _ = sf.read(hf_hub_download("user/koto", wav), dtype="float32")
+        np.testing.assert_array_equal(uploaded, read_wavs(musicgen_run["out"], "koto")[i])
+    with pytest.raises(ValueError, match="has no adapter named 'nope'; it has koto"):
+        main(["push", "--folder", folder, "--repo-id", "user/other", "--results", results, "--results-model", "nope"])
+    with pytest.raises(ValueError, match="results: .* has no 'summary'"):
+        main(["push", "--folder", folder, "--repo-id", "user/other", "--results", inputs["prompts"]])
