@@ -224,8 +224,8 @@ class AppModels:
             model = copy.deepcopy(base.model)
             processor = copy.deepcopy(base.processor)
             kwargs = {"processor": processor} if base.family == "musicgen" else {}
-            load_adapter(model, adapter, **kwargs)
-            self._variants[adapter] = dataclasses.replace(base, model=model, processor=processor)
+            adapted = load_adapter(model, adapter, **kwargs)  # what `musicpeft evaluate` generates with too
+            self._variants[adapter] = dataclasses.replace(base, model=adapted, processor=processor)
         return self._variants[adapter]
 
     def generate(self, source: str, adapters: Sequence[str], prompt: str, *, seconds: float, seed: int,
