@@ -7,7 +7,7 @@ from functools import cache
 
 import pytest
 import torch
-from fixtures import tiny_musicgen, tiny_musicgen_processor, train_steps
+from fixtures import perturb_adapter, tiny_musicgen, tiny_musicgen_processor, train_steps
 from peft import PeftType
 from safetensors.torch import load_file
 
@@ -165,6 +165,7 @@ def test_save_load_and_merge_give_identical_outputs(tmp_path):
 
 def test_public_load_adapter_takes_the_processor(tmp_path):
     peft_model, processor = attach()
+    perturb_adapter(peft_model)
     musicpeft.save_adapter(peft_model, tmp_path)
     fresh = tiny_musicgen_processor()
     loaded = musicpeft.load_adapter(musicgen(), tmp_path, processor=fresh)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from fixtures import musicgen_inputs, musicgen_logits, tiny_musicgen
+from fixtures import musicgen_inputs, musicgen_logits, perturb_adapter, tiny_musicgen
 from huggingface_hub import ModelCard, get_session, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from peft import PeftModel
@@ -27,7 +27,10 @@ _logits = musicgen_logits
 
 
 def _prompted(seed: int = 3):
-    return musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=5, init_seed=seed))
+    """A soft prompt moved away from its seeded init, so a loader that ignored the uploaded file would fail."""
+    model = musicpeft.add_adapter(tiny_musicgen(), SoftMusicPromptConfig(num_virtual_tokens=5, init_seed=seed))
+    perturb_adapter(model, seed=seed)
+    return model
 
 
 def test_push_then_load_with_musicpeft_and_with_peft(local_hub, inputs):
