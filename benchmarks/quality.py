@@ -112,13 +112,6 @@ def cell(values: list[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def with_placeholder(text: str, instrument: str) -> str:
-    """A world caption with its instrument word replaced by the concept's placeholder."""
-    if not text.endswith(f"on {instrument}"):
-        raise ValueError(f"caption {text!r} does not end with 'on {instrument}'")
-    return text[: -len(instrument)] + f"<{instrument}>"
-
-
 def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -184,9 +177,9 @@ def table_a(results: dict) -> list[str]:
 def run_part_b(world, args, log) -> dict:
     from musicpeft.tiny.world import world_clips
 
-    from musicpeft.metrics.core import ReferenceSet, compute_clap_kld
+    from musicpeft.metrics.core import ReferenceSet
     from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
-    from musicpeft.world_eval import generate
+    from musicpeft.world_eval import score_concepts, with_placeholder
 
     p = args.preset
     rate = world.sampling_rate
@@ -202,28 +195,7 @@ def run_part_b(world, args, log) -> dict:
     results: dict[str, list[dict]] = {}
 
     def score(model, processor, seed: int, plain: bool) -> dict:
-        def prompts_for(texts):  # the untrained base gets the instrument words instead of placeholders
-            return [t.replace("<", "").replace(">", "") for t in texts] if plain else texts
-
-        out: dict = {}
-        ta, aa, hits = [], [], []
-        for c in names:
-            clips = generate(model, processor, prompts_for(single[c]), p["seconds"], seed=2000 + seed)
-            r = compute_clap_kld(clips, single[c], sampling_rate=rate, clap_model=world.clap,
-                                 concept_audio={c: refs[c]}, metrics=["text_alignment", "audio_alignment"])
-            ta.append(r["text_alignment"])
-            aa.append(r["audio_alignment"])
-            predicted = world.classifier.predict(clips, rate)
-            hits.append(sum(x == c for x in predicted) / len(predicted))
-        out.update(text_alignment=float(np.mean(ta)), audio_alignment=float(np.mean(aa)),
-                   classifier_rate=float(np.mean(hits)))
-        clips = generate(model, processor, prompts_for(multi), p["seconds"], seed=3000 + seed)
-        r = compute_clap_kld(clips, multi, sampling_rate=rate, clap_model=world.clap, concept_audio=refs,
-                             metrics=["text_alignment", "audio_alignment", "delta_audio_alignment"])
-        out.update(text_alignment_multi=r["text_alignment"], audio_alignment_multi=r["audio_alignment"],
-                   delta_audio_alignment=r["delta_audio_alignment"],
-                   audio_alignment_per_concept=r["audio_alignment_per_concept"])
-        return out
+        return score_concepts(world, model, processor, single, multi, refs, p["seconds"], 2000 + 10 * seed, plain)
 
     for seed in range(p["seeds"]):
         concepts = [

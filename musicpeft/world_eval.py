@@ -141,6 +141,54 @@ class ConceptScorer:
         }
 
 
+def with_placeholder(text: str, instrument: str) -> str:
+    """A world caption ("... on koto") with its instrument word replaced by the placeholder ("... on <koto>")."""
+    if not text.endswith(f"on {instrument}"):
+        raise ValueError(f"caption {text!r} does not end with 'on {instrument}'")
+    return text[: -len(instrument)] + f"<{instrument}>"
+
+
+def score_concepts(world: MicroWorld, model: Any, processor: Any, single: dict[str, list[str]], multi: list[str],
+                   references: dict[str, Any], seconds: float, seed: int, plain: bool = False) -> dict[str, Any]:
+    """The DreamStyler scores of a concept model: text / audio alignment, classifier rate, ΔAA.
+
+    Args:
+        single: per concept, prompts naming that concept's placeholder (``"a slow piece on <koto>"``).
+        multi: prompts naming every concept (``"... on <koto> and <shamisen>"``).
+        references: per concept, a ``ReferenceSet`` of held-out clips (the audio-alignment target).
+        plain: generate from the prompts with the brackets removed (the base model, which knows no
+            placeholders, gets the instrument words); scores still use the placeholder-free text.
+
+    Returns single-concept ``text_alignment``, ``audio_alignment`` (each clip against its own concept,
+    mean over concepts) and ``classifier_rate`` (clips labelled as their concept), and for ``multi``
+    ``text_alignment_multi``, ``audio_alignment_multi`` (mean over concepts), ``delta_audio_alignment``
+    and ``audio_alignment_per_concept``.
+    """
+    from .metrics.core import compute_clap_kld
+
+    def prompts_for(texts: list[str]) -> list[str]:
+        return [t.replace("<", "").replace(">", "") for t in texts] if plain else texts
+
+    rate = world.sampling_rate
+    ta, aa, hits = [], [], []
+    for concept, prompts in single.items():
+        clips = generate(model, processor, prompts_for(prompts), seconds, seed=seed)
+        r = compute_clap_kld(clips, prompts, sampling_rate=rate, clap_model=world.clap,
+                             concept_audio={concept: references[concept]},
+                             metrics=["text_alignment", "audio_alignment"])
+        ta.append(r["text_alignment"])
+        aa.append(r["audio_alignment"])
+        predicted = list(world.classifier.predict(clips, rate))
+        hits.append(predicted.count(concept) / len(predicted))
+    clips = generate(model, processor, prompts_for(multi), seconds, seed=seed + 1)
+    r = compute_clap_kld(clips, multi, sampling_rate=rate, clap_model=world.clap, concept_audio=references,
+                         metrics=["text_alignment", "audio_alignment", "delta_audio_alignment"])
+    return {"text_alignment": float(np.mean(ta)), "audio_alignment": float(np.mean(aa)),
+            "classifier_rate": float(np.mean(hits)), "text_alignment_multi": r["text_alignment"],
+            "audio_alignment_multi": r["audio_alignment"], "delta_audio_alignment": r["delta_audio_alignment"],
+            "audio_alignment_per_concept": r["audio_alignment_per_concept"]}
+
+
 def codes_dataset(rows: Sequence[dict], model: Any) -> Any:
     """A ``datasets.Dataset`` of ``text`` + EnCodec ``codes`` (encoded once, as the soft-prompt paper does)."""
     import datasets
