@@ -44,6 +44,19 @@ class MicroWorld:
         return copy.deepcopy(self.model).eval()
 
 
+def trained_models_available() -> bool:
+    """Whether this installation ships the trained tiny MusicGen, CLAP and instrument classifier."""
+    from . import tiny
+
+    try:
+        tiny.trained_musicgen_path()
+        tiny.trained_clap_path()
+        tiny.trained_classifier_path()
+    except (AttributeError, FileNotFoundError):
+        return False
+    return True
+
+
 def load_micro_world() -> MicroWorld:
     """Load the trained tiny MusicGen, CLAP and instrument classifier shipped in ``musicpeft.tiny``."""
     from . import tiny
