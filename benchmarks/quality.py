@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 PRESETS = {
-    "quick": dict(seeds=3, train_clips=16, heldout_clips=8, seconds=2.0, steps=40, generations=8, concept_clips=8,
-                  mask_epochs=4, tuning_steps=40, batch_size=8, concept_prompts=4),
+    "quick": dict(seeds=3, train_clips=12, heldout_clips=6, seconds=2.0, steps=30, generations=6, concept_clips=6,
+                  mask_epochs=3, tuning_steps=30, batch_size=6, concept_prompts=3),
     "full": dict(seeds=3, train_clips=96, heldout_clips=32, seconds=2.0, steps=400, generations=32,
                  concept_clips=32, mask_epochs=40, tuning_steps=400, batch_size=16, concept_prompts=16),
 }
@@ -121,7 +121,6 @@ def trainable(model) -> int:
 
 def run_part_a(world, args, log) -> dict:
     from musicpeft.tiny.world import world_clips
-
     from musicpeft.training.musicgen_trainer import token_cross_entropy
     from musicpeft.world_eval import ConceptScorer, codes_dataset, generate, train_method
 
@@ -175,9 +174,8 @@ def table_a(results: dict) -> list[str]:
 
 
 def run_part_b(world, args, log) -> dict:
-    from musicpeft.tiny.world import world_clips
-
     from musicpeft.metrics.core import ReferenceSet
+    from musicpeft.tiny.world import world_clips
     from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
     from musicpeft.world_eval import score_concepts, with_placeholder
 
