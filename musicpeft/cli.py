@@ -41,16 +41,11 @@ def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None
 
 
 def _demo(namespace: argparse.Namespace) -> int:
-    from .demo import DemoArguments, run_demo
+    from .demo import DemoArguments, format_summary, run_demo
 
     args = DemoArguments(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(DemoArguments)})
     report = run_demo(args)
-    print(
-        f"\nHeld-out token cross-entropy: {report['heldout_cross_entropy_before']:.4f} (base) -> "
-        f"{report['heldout_cross_entropy_after']:.4f} (with soft prompt)\n"
-        f"Adapter: {report['adapter_dir']} ({report['adapter_bytes']} bytes)\n"
-        f"Report: {args.output_dir}/report.md, loss curve, before/after wavs. Took {report['seconds']} s."
-    )
+    print("\n" + format_summary(report))
     return 0
 
 
@@ -150,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="musicpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="Offline end-to-end demo on the embedded tiny MusicGen.")
+    demo = commands.add_parser("demo", help="Offline demo: teach the trained tiny MusicGen koto with a soft prompt.")
     _add_dataclass_arguments(demo, DemoArguments)
     demo.set_defaults(run=_demo, subparser=demo)
     train = commands.add_parser(
