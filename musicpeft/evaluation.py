@@ -41,6 +41,8 @@ from .generation import (
 from .prompt_sets import PromptSet, load_prompt_set
 
 TINY_CLAP = "tiny"
+# The shipped tiny CLAP trained on the micro-world (musicpeft.tiny.trained), a judge that knows its instruments.
+TINY_CLAP_TRAINED = "tiny-trained"
 BASELINE = "base"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -85,7 +87,8 @@ class EvaluateArguments:
     )
     clap_model: str = field(
         default="laion/larger_clap_music",
-        metadata={"help": f"CLAP model: local folder, Hub id, LAION checkpoint file, or '{TINY_CLAP}'."},
+        metadata={"help": f"CLAP model: local folder, Hub id, LAION checkpoint file, '{TINY_CLAP}' (random) "
+                          f"or '{TINY_CLAP_TRAINED}' (the shipped trained tiny CLAP)."},
     )
     seconds: float = field(default=10.0, metadata={"help": "Length of each generated (and rendered) clip."})
     seed: int = field(default=0, metadata={"help": "Prompt i is generated with seed + i by every model."})
@@ -218,6 +221,10 @@ def _clap_backend(args: EvaluateArguments, device: str):
                                     seed=args.seed)
         backend.name = "tiny CLAP (random weights)"
         return backend
+    if args.clap_model == TINY_CLAP_TRAINED:
+        from .tiny import trained_clap_path
+
+        return load_clap_backend(trained_clap_path(), device=device, batch_size=args.batch_size, seed=args.seed)
     return load_clap_backend(args.clap_model, device=device, batch_size=args.batch_size, seed=args.seed)
 
 

@@ -36,6 +36,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 TINY_MUSICGEN = "tiny-musicgen"
+# The shipped tiny MusicGen trained on the micro-world (musicpeft.tiny.trained); the demo's base.
+TINY_MUSICGEN_TRAINED = "tiny-musicgen-trained"
 TINY_AUDIOLDM2 = "tiny-audioldm2"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -80,7 +82,8 @@ def _is_pipeline_source(source: str) -> bool:
 
 def base_family(source: str) -> str:
     """``"audioldm2"`` or ``"musicgen"``: which kind of base ``source`` names, without loading it."""
-    if source == TINY_AUDIOLDM2 or (source != TINY_MUSICGEN and _is_pipeline_source(source)):
+    tiny_musicgens = (TINY_MUSICGEN, TINY_MUSICGEN_TRAINED)
+    if source == TINY_AUDIOLDM2 or (source not in tiny_musicgens and _is_pipeline_source(source)):
         return "audioldm2"
     return "musicgen"
 
@@ -107,6 +110,10 @@ def load_base(source: str, device: str, dtype: str = "float32") -> LoadedBase:
     else:
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
+        if source == TINY_MUSICGEN_TRAINED:
+            from .tiny import trained_musicgen_path
+
+            source = trained_musicgen_path()
         model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=torch_dtype)
         try:
             processor = AutoProcessor.from_pretrained(source)

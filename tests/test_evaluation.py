@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from fixtures import tiny_audioldm2_pipeline, tiny_musicgen
 from PIL import Image
 
@@ -339,3 +340,26 @@ def test_push_card_from_the_evaluation(musicgen_run, inputs, local_hub):
         main(["push", "--folder", folder, "--repo-id", "user/other", "--results", results, "--results-model", "nope"])
     with pytest.raises(ValueError, match="results: .* has no 'summary'"):
         main(["push", "--folder", folder, "--repo-id", "user/other", "--results", inputs["prompts"]])
+
+
+def test_the_shipped_trained_tiny_models_are_named_bases_and_judges():
+    from musicpeft.evaluation import TINY_CLAP_TRAINED, EvaluateArguments, _clap_backend
+    from musicpeft.generation import TINY_MUSICGEN_TRAINED, base_family, load_base
+    from musicpeft.tiny import load_trained_musicgen
+
+    assert base_family(TINY_MUSICGEN_TRAINED) == "musicgen"
+    base = load_base(TINY_MUSICGEN_TRAINED, "cpu")
+    shipped, _ = load_trained_musicgen()
+    name, weight = next(iter(shipped.state_dict().items()))
+    assert torch.equal(base.model.state_dict()[name], weight)
+    args = EvaluateArguments(base=TINY_MUSICGEN_TRAINED, adapters=["x=y"], prompts="-", reference="-",
+                             clap_model=TINY_CLAP_TRAINED, batch_size=2)
+    backend = _clap_backend(args, "cpu")
+    # The trained judge tells a piano caption from a trumpet caption for rendered piano (a random CLAP would not).
+    from musicpeft.tiny.world import world_clips
+
+    clips = world_clips("piano", "heldout", 2, 4.0, backend.sampling_rate, seed=0)
+    audio = backend.embed_audio([c["audio"] for c in clips])
+    text = backend.embed_text(["a piece on piano", "a piece on trumpet"])
+    scores = audio @ text.T
+    assert (scores[:, 0] > scores[:, 1]).all(), scores
