@@ -463,3 +463,15 @@ def test_a_save_through_a_link_keeps_the_link_and_normal_permissions(tmp_path):
     os.makedirs(tmp_path / "plain")
     assert os.stat(real).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777  # not mkdtemp's 0700
     assert sorted(os.listdir(tmp_path)) == ["link", "plain", "real"]
+
+
+def test_concept_and_pivotal_configs_say_what_loads_them(tmp_path):
+    from musicpeft import ConceptIdentifierConfig, PivotalMaskConfig
+
+    for config in (ConceptIdentifierConfig(concepts=["koto"]), PivotalMaskConfig(concepts=["koto"])):
+        model = musicpeft.add_adapter(tiny_musicgen(), config)
+        folder = tmp_path / type(config).__name__
+        musicpeft.save_adapter(model, folder)
+        saved = json.loads((folder / "adapter_config.json").read_text())
+        assert "pip install musicpeft; import musicpeft" in saved["requires"]
+        assert isinstance(musicpeft.load_adapter(tiny_musicgen(), folder), PeftModel)  # the field loads back

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
+from ...adapter_files import LOAD_HINT
 from ...registration import add_peft_type
 
 CONCEPT_IDENTIFIER = add_peft_type("CONCEPT_IDENTIFIER")
@@ -79,6 +80,10 @@ class ConceptIdentifierConfig(PeftConfig):
     )
     base_fingerprint: str | None = field(
         default=None, metadata={"help": "Digest of the base weights the adapter was made on; filled in when attached."}
+    )
+    requires: str = field(
+        default=f"musicpeft ({LOAD_HINT} before loading with peft)",
+        metadata={"help": "Not read by any code: tells whoever opens adapter_config.json what loads this adapter."},
     )
 
     def __post_init__(self) -> None:
