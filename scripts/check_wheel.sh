@@ -32,8 +32,8 @@ export HF_HUB_OFFLINE=1
 "$work/venv/bin/python" -c "import musicpeft, sys; assert musicpeft.__file__.startswith(sys.prefix), musicpeft.__file__"
 "$work/venv/bin/musicpeft" demo --output-dir "$work/demo" --steps 5 --train-clips 8 --heldout-clips 2
 printf '{"folk": ["a folk melody on koto"], "dance": ["a cheerful jig"]}' > "$work/prompts.json"
-"$work/venv/bin/musicpeft" evaluate --base tiny-musicgen --adapters "koto=$work/demo/koto-prompt" \
-  --prompts "$work/prompts.json" --reference rendered:107:2 --clap-model tiny --seconds 1 --output-dir "$work/eval"
+"$work/venv/bin/musicpeft" evaluate --base tiny-musicgen-trained --adapters "koto=$work/demo/koto-prompt" \
+  --prompts "$work/prompts.json" --reference rendered:107:2 --clap-model tiny-trained --seconds 1 --output-dir "$work/eval"
 
 # The checks below talk to the local server, so this process must not be offline.
 HF_HUB_OFFLINE=0 "$work/venv/bin/python" - "$work" <<'PY'
