@@ -404,6 +404,9 @@ def encoder_calls_second_epoch(workdir: str, seed: int = 0) -> dict[str, Any]:
                 str(seed),
                 "--output-dir",
                 os.path.join(workdir, f"train-{epochs}"),
+                # A fresh encode cache per run: the 2-epoch run must not reuse what the 1-epoch run cached.
+                "--encode-cache",
+                os.path.join(workdir, f"encoded-{epochs}"),
             ]
             _quiet(lambda a=args: cli_main(a))
             counts[epochs] = calls["n"]
