@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,8 @@ def render_clips(
     length = int(round(seconds * sample_rate))
     clips: list[np.ndarray] = []
     tried = 0
+    # A first render converts each score with music21 (seconds to minutes a piece): show it.
+    bar = tqdm(total=n, desc=f"Rendering (GM program {program})", unit="clip", leave=False)
     for i in order:
         if len(clips) == n or len(clips) + len(order) - tried < n:
             break  # done, or too few pieces left to reach n even if all of them work: fail now
@@ -290,6 +293,8 @@ def render_clips(
             log.debug("render_clips: skipping %s (short or silent)", pieces[i])
             continue
         clips.append(audio[:length])
+        bar.update(1)
+    bar.close()
     if len(clips) < n:
         raise ValueError(
             f"render_clips: only {len(clips)} of n={n} usable {seconds} s clips in {tried} corpus pieces "

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..data.render import _corpus_root, corpus_pieces, is_mostly_silent, midi_bytes, render_score
 
@@ -215,25 +216,28 @@ def world_clips(
     root = _corpus_root()
     bad: set[str] = set()
     clips: list[dict] = []
-    for window in range(max_windows):
-        for piece in order:
-            if len(clips) == n:
-                return clips
-            if piece in bad:
-                continue
-            offset = window * seconds
-            try:
-                audio = render_score(root / piece, sample_rate=sampling_rate, program=program,
-                                     max_seconds=seconds, offset_seconds=offset)
-            except ValueError as e:
-                log.debug("world_clips: skipping %s", e)
-                bad.add(piece)
-                continue
-            if len(audio) < length or is_mostly_silent(audio, sampling_rate):
-                continue
-            meta = piece_meta(piece, offset, seconds)
-            clips.append({"audio": audio[:length], "text": caption_for(instrument, **meta), "instrument": instrument,
-                          "piece": piece, "offset": offset, **meta})
+    # A first render converts each score with music21 (seconds to minutes a piece): show it.
+    with tqdm(total=n, desc=f"Rendering {instrument} ({split})", unit="clip", leave=False) as bar:
+        for window in range(max_windows):
+            for piece in order:
+                if len(clips) == n:
+                    return clips
+                if piece in bad:
+                    continue
+                offset = window * seconds
+                try:
+                    audio = render_score(root / piece, sample_rate=sampling_rate, program=program,
+                                         max_seconds=seconds, offset_seconds=offset)
+                except ValueError as e:
+                    log.debug("world_clips: skipping %s", e)
+                    bad.add(piece)
+                    continue
+                if len(audio) < length or is_mostly_silent(audio, sampling_rate):
+                    continue
+                meta = piece_meta(piece, offset, seconds)
+                clips.append({"audio": audio[:length], "text": caption_for(instrument, **meta),
+                              "instrument": instrument, "piece": piece, "offset": offset, **meta})
+                bar.update(1)
     if n is not None and len(clips) < n:
         raise ValueError(
             f"world_clips: only {len(clips)} of n={n} usable {seconds} s {instrument} clips in the {split} split "
