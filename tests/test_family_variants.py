@@ -197,6 +197,23 @@ def test_generate_clips_through_the_family(name, channels):
         assert np.abs(clips[0][0] - clips[0][1]).max() > 1e-5  # two channels, each from its own codebooks
 
 
+def test_melody_trains_with_musicgens_recipe_through_the_cli(tmp_path):
+    import json
+
+    from musicpeft.cli import main
+
+    out = tmp_path / "adapter"
+    assert main(["train", "--output-dir", str(out), "--base", TINY_MUSICGEN_MELODY, "--data", "rendered:107:3",
+                 "--eval-fraction", "0", "--max-steps", "1", "--batch-size", "2", "--clip-seconds", "0.5",
+                 "--num-virtual-tokens", "2", "--encode-cache", "none"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["family"], summary["steps"], summary["clip_seconds"]) == ("musicgen-melody", 1, 0.5)
+    base = load_base(TINY_MUSICGEN_MELODY, "cpu")
+    inputs = base.processor(text=PROMPTS, padding=True, return_tensors="pt")
+    before = logits(base.model, inputs)
+    assert not torch.allclose(logits(musicpeft.load_adapter(base.model, summary["adapter_dir"]), inputs), before)
+
+
 def test_stereo_has_no_training_recipe_and_train_says_so(tmp_path):
     from musicpeft.train_cli import TrainArguments, run_training
 
