@@ -50,7 +50,8 @@ class MusicgenFamily(ModelFamily):
     # The transformers class that loads a checkpoint of the family.
     model_class: str = "MusicgenForConditionalGeneration"
 
-    def model_type(self) -> type:
+    def transformers_class(self) -> type:
+        """The transformers class named by `model_class`."""
         import transformers  # lazy: only the class named by the family is looked up
 
         return getattr(transformers, self.model_class)
@@ -75,7 +76,7 @@ class MusicgenFamily(ModelFamily):
             model, processor = self.build_tiny(source)
         else:
             path = trained_musicgen_path() if source == TINY_MUSICGEN_TRAINED else source
-            model = self.model_type().from_pretrained(path, dtype=dtype)
+            model = self.transformers_class().from_pretrained(path, dtype=dtype)
             processor = self.load_processor(path)
         model = model.to(device=device, dtype=dtype).eval()
         return LoadedBase(self, model, processor, int(model.config.audio_encoder.sampling_rate), source)
