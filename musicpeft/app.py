@@ -32,11 +32,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from . import concepts
-from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, default_guidance, generate_clips, load_base
+from .api import load_adapter
+from .families import tiny_sources
+from .generation import (
+    TINY_AUDIOLDM2,
+    TINY_MUSICGEN,
+    TINY_MUSICGEN_TRAINED,
+    LoadedBase,
+    default_guidance,
+    generate_clips,
+    load_base,
+)
+from .io import atomic_write
 
-TINY_MUSICGEN_TRAINED = "tiny-musicgen-trained"
 MAX_CLIPS = 4  # base + 3 adapters: player slots laid out in the page
 
 
@@ -112,10 +123,8 @@ def declared_placeholders(source: str) -> list[str]:
 
 
 def _tokenizers(loaded: LoadedBase) -> list[Any]:
-    """The tokenizers that read the prompt: MusicGen's processor's, or a pipeline's own."""
-    if loaded.family == "musicgen":
-        return [getattr(loaded.processor, "tokenizer", loaded.processor)]
-    return [t for t in (getattr(loaded.model, n, None) for n in ("tokenizer", "tokenizer_2")) if t is not None]
+    """The tokenizers that read the prompt: MusicGen's processor's, or a pipeline's own (the family knows which)."""
+    return loaded.model_family.tokenizers(loaded)
 
 
 def known_placeholders(loaded: LoadedBase) -> dict[str, str]:
@@ -140,12 +149,9 @@ def prompt_for(prompt: str, own: set[str], known: set[str]) -> str:
 def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> str:
     """16-bit PCM wav, clipped, *not* normalised: what the player plays is what the model made (a
     browser plays 16-bit PCM everywhere; Gradio itself would peak-normalise float audio). Atomic."""
-    import soundfile as sf
-
     data = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    tmp = path + ".tmp"
-    sf.write(tmp, data.T if data.ndim == 2 else data, sampling_rate, format="WAV", subtype="PCM_16")
-    os.replace(tmp, path)
+    data = data.T if data.ndim == 2 else data
+    atomic_write(path, lambda tmp: sf.write(tmp, data, sampling_rate, format="WAV", subtype="PCM_16"))
     return path
 
 
@@ -202,30 +208,21 @@ class AppModels:
         return self._base
 
     def _load_base(self, source: str) -> LoadedBase:
-        if source == TINY_MUSICGEN_TRAINED:
-            if not trained_tiny_available():
-                raise ValueError(f"Base: {source} is not shipped with this install; use {TINY_MUSICGEN}.")
-            from .tiny.trained import load_trained_musicgen
-
-            model, processor = load_trained_musicgen()
-            model = model.to(self.device).eval()
-            return LoadedBase("musicgen", model, processor, int(model.config.audio_encoder.sampling_rate), source)
-        if source not in (TINY_MUSICGEN, TINY_AUDIOLDM2) and not os.path.isdir(source) and source.count("/") != 1:
+        if source == TINY_MUSICGEN_TRAINED and not trained_tiny_available():
+            raise ValueError(f"Base: {source} is not shipped with this install; use {TINY_MUSICGEN}.")
+        if source not in tiny_sources() and not os.path.isdir(source) and source.count("/") != 1:
             raise ValueError(f"Base: {source!r} is neither a tiny model name, an existing folder nor a Hub id "
                              "('user/name').")
         return load_base(source, self.device)
 
     def variant(self, source: str, adapter: str) -> LoadedBase:
         """The base with ``adapter`` loaded, on copies of the base model and processor (kept for reuse)."""
-        from .api import load_adapter
-
         base = self.base(source)
         if adapter not in self._variants:
-            model = copy.deepcopy(base.model)
-            processor = copy.deepcopy(base.processor)
-            kwargs = {"processor": processor} if base.family == "musicgen" else {}
-            adapted = load_adapter(model, adapter, **kwargs)  # what `musicpeft evaluate` generates with too
-            self._variants[adapter] = dataclasses.replace(base, model=adapted, processor=processor)
+            copied = dataclasses.replace(base, model=copy.deepcopy(base.model), processor=copy.deepcopy(base.processor))
+            kwargs = base.model_family.adapter_load_kwargs(copied)
+            adapted = load_adapter(copied.model, adapter, **kwargs)  # what `musicpeft evaluate` generates with too
+            self._variants[adapter] = dataclasses.replace(copied, model=adapted)
         return self._variants[adapter]
 
     def generate(self, source: str, adapters: Sequence[str], prompt: str, *, seconds: float, seed: int,

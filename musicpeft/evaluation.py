@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .families import LOSS_CODEC_TOKENS, get_family
 from .generation import (
     DTYPES,
     TINY_AUDIOLDM2,
@@ -235,8 +236,9 @@ def _check_inputs(args: EvaluateArguments) -> tuple[PromptSet, dict[str, str]]:
     _check_source(args.reference, "reference")
     if args.heldout is not None:
         _check_source(args.heldout, "heldout")
-    if args.heldout is not None and base_family(args.base) != "musicgen":
-        raise ValueError(f"heldout: token cross-entropy needs a MusicGen base; {args.base} is an AudioLDM2 pipeline")
+    family = get_family(base_family(args.base))
+    if args.heldout is not None and getattr(family.training, "loss", None) != LOSS_CODEC_TOKENS:
+        raise ValueError(f"heldout: token cross-entropy needs a MusicGen base; {args.base} is a {family.name} base")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise NotADirectoryError(f"output_dir: {args.output_dir} exists and is not a folder")
     return prompt_set, adapters

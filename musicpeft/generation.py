@@ -1,14 +1,16 @@
 """Generation for evaluation: one base, adapters switched on it, prompts in batches with per-prompt seeds.
 
 Why separate from the report: the same steps serve any comparison of a base with its adapters
-(``musicpeft evaluate``, a notebook, a listening test), for both families.
+(``musicpeft evaluate``, a notebook, a listening test), for every family. How a family loads and
+generates is the family's (``musicpeft.families``); this module picks the family of a source, switches
+adapters and writes clips.
 
 Seeds: prompt ``i`` is drawn with its own generator seeded ``seeds[i]``, so its clip is the same whether
 it is generated alone or in a batch, and whatever the other prompts of the batch are:
 
-* MusicGen: :class:`PromptSeededSampler` draws every prompt's next codes (one per codebook, per step)
-  from that prompt's ``torch.Generator``, after classifier-free guidance and the generation config's
-  temperature / top-k / top-p, exactly where ``generate`` would sample.
+* MusicGen and its variants: :class:`PromptSeededSampler` draws every prompt's next codes (one per
+  codebook, per step) from that prompt's ``torch.Generator``, after classifier-free guidance and the
+  generation config's temperature / top-k / top-p, exactly where ``generate`` would sample.
 * AudioLDM2: each prompt's initial latents come from its own ``torch.Generator``; DDIM with ``eta=0``
   adds no other noise.
 
@@ -24,110 +26,62 @@ the base is made (a deep copy per adapter cost a model's worth of memory each).
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
-TINY_MUSICGEN = "tiny-musicgen"
-# The shipped tiny MusicGen trained on the micro-world (musicpeft.tiny.trained); the demo's base.
-TINY_MUSICGEN_TRAINED = "tiny-musicgen-trained"
-TINY_AUDIOLDM2 = "tiny-audioldm2"
+from .families import (
+    TINY_AUDIOLDM2,
+    TINY_MUSICGEN,
+    TINY_MUSICGEN_MELODY,
+    TINY_MUSICGEN_STEREO,
+    TINY_MUSICGEN_TRAINED,
+    LoadedBase,
+    family_of_source,
+)
+from .families.musicgen import PromptSeededSampler
+from .io import atomic_write
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-@dataclass
-class LoadedBase:
-    """The base model as loaded once: ``model`` is a MusicGen model or an AudioLDM2 pipeline."""
-
-    family: str
-    model: Any
-    processor: Any
-    sampling_rate: int
-    source: str
-
-
-def _tiny_musicgen() -> tuple[Any, Any]:
-    """The embedded tiny MusicGen, ``tiny_musicgen(seed=0)``, its zero EnCodec codebooks seeded from rendered audio.
-
-    A config-built EnCodec maps every code to the same (zero) vector, so every prompt and every
-    adapter would decode to the same clip; seeding the codebooks (as the demo does) makes codes audible.
-    """
-    from .tiny import tiny_musicgen_processor, tiny_musicgen_with_music
-
-    return tiny_musicgen_with_music(seed=0), tiny_musicgen_processor()
-
-
-def _is_pipeline_source(source: str) -> bool:
-    """An AudioLDM2 pipeline has a ``model_index.json``; a MusicGen model does not."""
-    if os.path.isdir(source):
-        return os.path.isfile(os.path.join(source, "model_index.json"))
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        hf_hub_download(source, "model_index.json")
-        return True
-    except EntryNotFoundError:
-        return False
-    except Exception:  # offline and not cached: let the loader give its own error
-        return "audioldm" in source.lower()
+__all__ = [
+    "DTYPES",
+    "TINY_AUDIOLDM2",
+    "TINY_MUSICGEN",
+    "TINY_MUSICGEN_MELODY",
+    "TINY_MUSICGEN_STEREO",
+    "TINY_MUSICGEN_TRAINED",
+    "LoadedBase",
+    "PromptSeededSampler",
+    "base_family",
+    "default_guidance",
+    "generate_clips",
+    "load_base",
+    "save_clips",
+    "switch_adapters",
+]
 
 
 def base_family(source: str) -> str:
-    """``"audioldm2"`` or ``"musicgen"``: which kind of base ``source`` names, without loading it."""
-    tiny_musicgens = (TINY_MUSICGEN, TINY_MUSICGEN_TRAINED)
-    if source == TINY_AUDIOLDM2 or (source not in tiny_musicgens and _is_pipeline_source(source)):
-        return "audioldm2"
-    return "musicgen"
+    """The family name (``"musicgen"``, ``"audioldm2"``, ...) of the base ``source`` names, without loading it."""
+    return family_of_source(source).name
 
 
 def load_base(source: str, device: str, dtype: str = "float32") -> LoadedBase:
-    """Load the base model or pipeline once, in eval mode, on ``device``."""
-    torch_dtype = DTYPES[dtype]
-    if base_family(source) == "audioldm2":
-        if source == TINY_AUDIOLDM2:
-            from .tiny import tiny_audioldm2_pipeline
-
-            pipe = tiny_audioldm2_pipeline(seed=0)
-            if torch_dtype != torch.float32:
-                pipe.to(dtype=torch_dtype)
-        else:
-            from .pipelines import load_audioldm2_pipeline
-
-            pipe = load_audioldm2_pipeline(source, torch_dtype=torch_dtype)
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        return LoadedBase("audioldm2", pipe, None, int(pipe.vocoder.config.sampling_rate), source)
-    if source == TINY_MUSICGEN:
-        model, processor = _tiny_musicgen()
-    else:
-        from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
-        if source == TINY_MUSICGEN_TRAINED:
-            from .tiny import trained_musicgen_path
-
-            source = trained_musicgen_path()
-        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=torch_dtype)
-        try:
-            processor = AutoProcessor.from_pretrained(source)
-        except (OSError, ValueError) as err:
-            raise OSError(f"base: {source} has a MusicGen model but no loadable processor ({err})") from None
-    model = model.to(device=device, dtype=torch_dtype).eval()
-    return LoadedBase("musicgen", model, processor, int(model.config.audio_encoder.sampling_rate), source)
+    """Load the base model or pipeline once, in eval mode, on ``device`` (its family says how)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return family_of_source(source).load(source, device, DTYPES[dtype])
 
 
 def _adapter_kind(folder: str) -> tuple:
     """What a PeftModel must share to hold several adapters: (component, peft_type) of every adapted part."""
-    import json
-
-    from .api import MANIFEST_NAME
+    from .api import MANIFEST_NAME  # lazy: api imports the tuners, which import this package's families
 
     components = {".": "."}
     manifest = os.path.join(folder, MANIFEST_NAME)
@@ -143,10 +97,7 @@ def _adapter_kind(folder: str) -> tuple:
 
 def _fingerprint(base: LoadedBase) -> dict[str, tuple]:
     """Name, shape, dtype and sums of every base weight and buffer: what unloading adapters must give back."""
-    modules = (
-        {"": base.model} if base.family == "musicgen"
-        else {name: m for name, m in vars(base.model).items() if isinstance(m, torch.nn.Module)}
-    )
+    modules = base.model_family.fingerprint_modules(base.model)
     prints = {}
     with torch.no_grad():
         for prefix, module in modules.items():
@@ -159,10 +110,10 @@ def _fingerprint(base: LoadedBase) -> dict[str, tuple]:
 
 def _activate(base: LoadedBase, name: str) -> Any:
     """Make adapter ``name`` the active one; returns what generates with it (PeftModel or the pipeline)."""
-    from .api import _peft_model
-    from .families.pipeline_adapters import _components
+    from .api import _peft_model  # lazy: api imports the tuners, which import this package's families
+    from .families.pipeline_adapters import _components  # lazy: it imports api (see above)
 
-    if base.family == "musicgen":
+    if not base.model_family.is_pipeline:
         peft_model = _peft_model(base.model)
         peft_model.set_adapter(name)
         return peft_model
@@ -173,10 +124,10 @@ def _activate(base: LoadedBase, name: str) -> Any:
 
 def _unload(base: LoadedBase) -> None:
     """Remove every adapter from the base (nothing was merged, so the base weights are as loaded)."""
-    from .api import _peft_model
-    from .families.pipeline_adapters import _components
+    from .api import _peft_model  # lazy: api imports the tuners, which import this package's families
+    from .families.pipeline_adapters import _components  # lazy: it imports api (see above)
 
-    if base.family == "musicgen":
+    if not base.model_family.is_pipeline:
         peft_model = _peft_model(base.model)
         if peft_model is not None:
             peft_model.unload()
@@ -198,7 +149,7 @@ def switch_adapters(base: LoadedBase, folders: dict[str, str]) -> Iterator[tuple
     checked to be exactly as it was (no adapter leaks into the next kind). The base itself is
     generated with ``base.model`` before this is called, or after it is exhausted.
     """
-    from .api import load_adapter
+    from .api import load_adapter  # lazy: api imports the tuners, which import this package's families
 
     groups: dict[tuple, list[str]] = {}
     for name, folder in folders.items():
@@ -221,9 +172,7 @@ def default_guidance(base: LoadedBase, guidance_scale: float | None = None) -> f
     """``guidance_scale`` if given, else the family's usual one (MusicGen: generation config or 3.0; AudioLDM2: 3.5)."""
     if guidance_scale is not None:
         return float(guidance_scale)
-    if base.family == "musicgen":
-        return float(getattr(base.model.generation_config, "guidance_scale", None) or 3.0)
-    return 3.5
+    return base.model_family.default_guidance(base.model)
 
 
 def generate_clips(base: LoadedBase, model: Any, prompts: list[str], seeds: list[int], *, seconds: float,
@@ -234,89 +183,9 @@ def generate_clips(base: LoadedBase, model: Any, prompts: list[str], seeds: list
     generates whole frames, then the clip is cut). Prompts go ``batch_size`` at a time; a prompt's clip does
     not depend on the batch (see the module docstring). ``num_inference_steps`` is AudioLDM2's.
     """
-    length = int(round(seconds * base.sampling_rate))
-    clips: list[np.ndarray] = []
-    if base.family == "audioldm2":
-        for start in range(0, len(prompts), batch_size):
-            stop = min(start + batch_size, len(prompts))
-            generators = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
-            out = model(prompts[start:stop], audio_length_in_s=seconds, guidance_scale=guidance_scale,
-                        num_inference_steps=num_inference_steps, generator=generators, num_waveforms_per_prompt=1)
-            clips += [np.asarray(a, dtype=np.float32)[..., :length] for a in out.audios]
-        return clips
-    from .training.collator import base_musicgen
-
-    inner = base_musicgen(model)
-    delay = inner.decoder.num_codebooks // inner.config.audio_encoder.audio_channels - 1
-    max_new_tokens = math.ceil(seconds * inner.config.audio_encoder.frame_rate) + delay
-    device = next(inner.parameters()).device
-    for start in range(0, len(prompts), batch_size):
-        stop = min(start + batch_size, len(prompts))
-        inputs = base.processor(text=list(prompts[start:stop]), padding=True, return_tensors="pt").to(device)
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[start:stop]]
-        sampler = PromptSeededSampler(generators, inner.decoder.num_codebooks, guidance_scale,
-                                      inner.generation_config)
-        with torch.no_grad():
-            out = model.generate(**inputs, do_sample=True, guidance_scale=guidance_scale,
-                                 max_new_tokens=max_new_tokens, logits_processor=LogitsProcessorList([sampler]))
-        for audio in out.float().cpu().numpy():
-            clips.append((audio[0] if audio.shape[0] == 1 else audio)[..., :length])
-    return clips
-
-
-class PromptSeededSampler(LogitsProcessor):
-    """Draws each prompt's next MusicGen codes with that prompt's own ``torch.Generator``.
-
-    ``generate`` samples the whole batch from torch's global generator, so a prompt's clip would depend
-    on its batch. This processor, passed as ``logits_processor``, runs where MusicGen's own
-    classifier-free guidance would (it receives the conditional and unconditional logits stacked), applies
-    the guidance and the generation config's temperature / top-k / top-p itself, draws one code per
-    codebook row of each prompt from the prompt's generator, and returns logits that put all mass on the
-    drawn code (equal in both halves, so the guidance and warpers that ``generate`` applies afterwards
-    leave them as they are, and its own draw takes that code).
-    """
-
-    def __init__(self, generators: list[torch.Generator], rows_per_prompt: int, guidance_scale: float | None,
-                 generation_config: Any) -> None:
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-        self.generators = generators
-        self.rows = rows_per_prompt
-        self.guidance_scale = guidance_scale if guidance_scale is not None and guidance_scale > 1 else None
-        unsupported = [k for k in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")
-                       if getattr(generation_config, k, None) not in (None, 1.0, 0.0)]
-        if unsupported:
-            raise NotImplementedError(f"generation config sets {unsupported}; per-prompt seeded sampling "
-                                      "supports temperature, top_k and top_p")
-        self.warpers = []
-        temperature, top_k, top_p = (getattr(generation_config, k, None) for k in ("temperature", "top_k", "top_p"))
-        if temperature is not None and temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            self.warpers.append(TopKLogitsWarper(top_k=top_k))
-        if top_p is not None and top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p=top_p))
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        rows = len(self.generators) * self.rows
-        guided = self.guidance_scale is not None
-        if scores.shape[0] != (2 if guided else 1) * rows:
-            raise RuntimeError(f"PromptSeededSampler expected {(2 if guided else 1) * rows} rows of logits "
-                               f"({len(self.generators)} prompts x {self.rows} codebooks), got {scores.shape[0]}")
-        logits = scores
-        if guided:  # transformers' ClassifierFreeGuidanceLogitsProcessor, which generate would apply next
-            conditional, unconditional = scores.split(rows, dim=0)
-            logits = unconditional + (conditional - unconditional) * self.guidance_scale
-        for warper in self.warpers:
-            logits = warper(input_ids[:rows], logits)
-        probs = torch.softmax(logits.float(), dim=-1)
-        codes = torch.cat([
-            torch.multinomial(probs[i * self.rows:(i + 1) * self.rows], 1, generator=generator)
-            for i, generator in enumerate(self.generators)
-        ])
-        # Finite, so that guidance (u + (c - u) * s) stays exact; everything but the drawn code gets no mass.
-        chosen = torch.full_like(logits, torch.finfo(scores.dtype).min).scatter_(1, codes, 0.0)
-        return torch.cat([chosen, chosen]) if guided else chosen
+    return base.model_family.generate_clips(base, model, prompts, seeds, seconds=seconds,
+                                            guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                                            batch_size=batch_size)
 
 
 def _slug(text: str) -> str:
@@ -328,14 +197,13 @@ def save_clips(clips: list[np.ndarray], folder: str, categories: list[str], samp
 
     32-bit float wavs hold exactly the samples that were scored; 16-bit PCM would round quiet clips to silence.
     """
-    import soundfile as sf
+    import soundfile as sf  # lazy: only writing clips needs libsndfile
 
     os.makedirs(folder, exist_ok=True)
     paths = []
     for i, (clip, category) in enumerate(zip(clips, categories, strict=True)):
         path = os.path.join(folder, f"{i:03d}-{_slug(category)}.wav")
-        tmp = path + ".tmp"
-        sf.write(tmp, clip.T if clip.ndim == 2 else clip, sampling_rate, format="WAV", subtype="FLOAT")
-        os.replace(tmp, path)
+        data = clip.T if clip.ndim == 2 else clip
+        atomic_write(path, lambda tmp, data=data: sf.write(tmp, data, sampling_rate, format="WAV", subtype="FLOAT"))
         paths.append(path)
     return paths

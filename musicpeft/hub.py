@@ -24,6 +24,7 @@ from typing import Any
 from peft import PeftConfig
 
 from .adapter_files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
+from .api import MANIFEST_NAME, save_adapter
 from .families import get_family
 from .model_card import (
     CARD_KEYS,
@@ -62,8 +63,6 @@ def push_adapter_to_hub(
     (`results_model`: this adapter's name in it); `samples` are audio files to upload and link (default:
     the first clips of this adapter in `results`). Nothing is uploaded if any of it is unusable.
     """
-    from .api import save_adapter
-
     with tempfile.TemporaryDirectory(prefix="musicpeft-push-") as folder:
         save_adapter(model_or_pipe, folder, adapter_name)
         return push_adapter_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
@@ -113,8 +112,6 @@ def adapter_files(folder: str | os.PathLike) -> tuple[list[str], str]:
     Refuses a folder that is not an adapter, a component path that leaves the folder, and any of those
     files (or component folders) that is a symbolic link.
     """
-    from .api import MANIFEST_NAME
-
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise AdapterFileError(f"{folder}: not a folder; pass the folder musicpeft.save_adapter wrote.")

@@ -22,7 +22,8 @@ from typing import Any
 
 from peft import PeftConfig
 
-from .families import ModelFamily, get_family
+from .families import CardSnippet, ModelFamily, get_family
+from .io import atomic_write
 
 TEMPLATE = "templates/adapter_card.md"
 
@@ -39,15 +40,6 @@ CARD_KEYS = {
 }
 
 PIPELINE_TAG = "text-to-audio"
-# How the card's snippets build the base object, per family: (import line, variable, loader call).
-_BASE_LOADERS = {
-    "musicgen": (
-        "from transformers import MusicgenForConditionalGeneration",
-        "model",
-        "MusicgenForConditionalGeneration.from_pretrained({base})",
-    ),
-    "audioldm2": ("from diffusers import AudioLDM2Pipeline", "pipe", "AudioLDM2Pipeline.from_pretrained({base})"),
-}
 _CONFIG_NOISE = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # The columns of the evaluation table: (key in the results' summary / cross-entropy, header).
@@ -89,11 +81,11 @@ def render_model_card(
     import peft
     from huggingface_hub import ModelCard, ModelCardData
 
-    from . import __version__
+    from . import __version__  # lazy: the package's __init__ must have finished (it reaches this module)
 
     extra = dict(extra or {})
     check_card_keys(extra)
-    family = get_family(family) if isinstance(family, str) else family
+    family = get_family(family)
     components = dict(config) if isinstance(config, Mapping) else {None: config}
     if not components:
         raise ValueError("render_model_card needs at least one adapter config; got an empty mapping.")
@@ -111,9 +103,7 @@ def render_model_card(
         language=extra.get("language"),
         datasets=_as_list(extra.get("datasets"), "datasets") or None,
     )
-    base_import, base_var, base_load = _BASE_LOADERS.get(
-        family.name, (f"# build the {family.name} base model or pipeline", "model", "...")
-    )
+    snippet = family.card or CardSnippet(f"# build the {family.name} base model or pipeline", "model", "...")
     config_cls = type(first)
     doc = (config_cls.__doc__ or "").strip().splitlines()
     with importlib.resources.as_file(importlib.resources.files("musicpeft").joinpath(TEMPLATE)) as template:
@@ -132,9 +122,9 @@ def render_model_card(
             base_model=base_model,
             num_parameters=f"{num_parameters:,}" if num_parameters is not None else "not recorded",
             components=[{"name": name, "hyperparameters": _hyperparameters(cfg)} for name, cfg in components.items()],
-            base_import=base_import,
-            base_var=base_var,
-            base_load=base_load.format(base=json.dumps(base_model or "<base model id>")),
+            base_import=snippet.import_line,
+            base_var=snippet.variable,
+            base_load=snippet.loader.format(base=json.dumps(base_model or "<base model id>")),
             repo_id=repo_id or "<user>/<repo>",
             training_data=extra.get("training_data"),
             metrics=_metrics(extra.get("metrics")),
@@ -289,7 +279,7 @@ def spectrogram_png(samples: Sequence[tuple[str, str | None]], out_path: str | o
             axis.set_ylabel("mel band")
         axes[-1, 0].set_xlabel("seconds")
         fig.tight_layout()
-        fig.savefig(out_path, format="png", dpi=80)
+        atomic_write(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     finally:
         plt.close(fig)
     return Path(out_path)
@@ -348,7 +338,7 @@ def _as_list(value: Any, key: str) -> list[str]:
 
 
 def _public_name(cls: type) -> str:
-    import musicpeft
+    import musicpeft  # lazy: the package's __init__ must have finished (it reaches this module)
 
     if cls.__module__.startswith("musicpeft") and getattr(musicpeft, cls.__name__, None) is cls:
         return f"musicpeft.{cls.__name__}"

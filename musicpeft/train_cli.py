@@ -25,6 +25,7 @@ import torch
 
 from .errors import ResumeError
 from .evaluation import parse_rendered
+from .families import FAMILIES, LOSS_CODEC_TOKENS, MUSICGEN, get_family
 from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
 from .train_output import check_output_dir, make_staging, swap_into_place
 
@@ -32,7 +33,7 @@ METHODS = ("soft_prompt", "lora:<preset>", "full", "concepts", "pivotal", "dream
 # concept methods -> train_dreamstyler recipes (musicpeft/training/dreamstyler.py)
 CONCEPT_METHODS = {"concepts": "tokens_only", "pivotal": "dreamstyler", "dreamstyler": "dreamstyler"}
 SUMMARY_FILE = "train_summary.json"
-MUSICGEN_CLIP_SECONDS = 10.0  # MusicGen's training chunks (the soft-prompt and LoRA papers use 10 s clips)
+MUSICGEN_CLIP_SECONDS = MUSICGEN.training.clip_seconds  # the family's training chunks (the papers' 10 s clips)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def parse_method(method: str) -> tuple[str, str | None]:
         return "dreamstyler", preset
     from .training.presets import list_presets
 
-    presets = "; ".join(f"{family}: {', '.join(list_presets(family))}" for family in ("musicgen", "audioldm2"))
+    presets = "; ".join(f"{family.name}: {', '.join(list_presets(family))}" for family in FAMILIES)
     raise ValueError(f"method: unknown {method!r}; known methods: {', '.join(METHODS)} (presets {presets}; "
                      f"recipes {', '.join(sorted(RECIPES))})")
 
@@ -200,11 +201,15 @@ def _check_inputs(args: TrainArguments) -> str:
             raise ValueError(f"checkpoint_dir: {args.checkpoint_dir} lies inside --output-dir {args.output_dir}, "
                              "which a finished run replaces; put the checkpoints beside it")
     family = base_family(args.base)
+    training = get_family(family).training
+    if training is None:
+        raise ValueError(f"base: {args.base} is a {family} model; musicpeft has no training recipe for the {family} "
+                         "family (see its module in musicpeft/families)")
     kind, preset = parse_method(args.method)
     if kind == "lora":
         check_preset(family, preset)
     if args.resume is not None:
-        if family != "musicgen":
+        if not training.resumable:
             raise ResumeError("resume: only MusicGen runs (the transformers Trainer) can resume; AudioLDM2 training "
                               "keeps no optimizer state")
         resume_checkpoint(args)
@@ -493,8 +498,7 @@ def run_training(args: TrainArguments) -> dict:
         device = str(state.device)
     torch.manual_seed(args.seed)
     base = load_base(args.base, device)
-    clip_seconds = args.clip_seconds or (MUSICGEN_CLIP_SECONDS if family == "musicgen" else
-                                         _audioldm2_clip_seconds())
+    clip_seconds = args.clip_seconds or get_family(family).training.clip_seconds
     train, eval_data = load_training_data(args, base.sampling_rate, clip_seconds)
     if _is_main_process():
         print(f"musicpeft train: {family} base {args.base!r}, method {args.method}, {len(train)} training clips, "
@@ -504,7 +508,7 @@ def run_training(args: TrainArguments) -> dict:
     try:
         if kind == "dreamstyler":
             result = _train_concept(base, train, args, clip_seconds, out)
-        elif family == "musicgen":
+        elif get_family(family).training.loss == LOSS_CODEC_TOKENS:
             result = _train_musicgen(base, train, eval_data, args, out, scratch)
         else:
             result = _train_audioldm2(base, train, eval_data, args, clip_seconds, out)
@@ -529,12 +533,6 @@ def run_training(args: TrainArguments) -> dict:
         if _is_main_process():
             shutil.rmtree(staging, ignore_errors=True)
     return summary
-
-
-def _audioldm2_clip_seconds() -> float:
-    from .training.diffusion import DiffusionTrainingArguments
-
-    return float(DiffusionTrainingArguments().audio_length_s)
 
 
 def format_summary(summary: dict) -> str:

@@ -59,7 +59,7 @@ def test_tiny_pipeline_is_deterministic_per_seed():
 def test_family_registry_finds_audioldm2_and_keeps_musicgen(pipe):
     assert family_of(pipe) is AUDIOLDM2
     assert family_of(tiny_musicgen()) is MUSICGEN
-    assert AUDIOLDM2.extra["adapted_component"] == "unet" and AUDIOLDM2.full_finetune_module == "unet"
+    assert AUDIOLDM2.adapted_component == "unet" and AUDIOLDM2.full_finetune_module == "unet"
 
 
 def test_text_encoder_slots_point_at_encoders_with_input_embeddings(pipe):
@@ -87,8 +87,8 @@ def test_attention_streams_match_the_widths_they_read(pipe):
     for name in streams["self"]:
         attn = pipe.unet.get_submodule(name)
         assert not attn.is_cross_attention and attn.to_k.in_features == attn.to_q.in_features, name
-    for stream, spec in AUDIOLDM2.extra["cross_attention_streams"].items():
-        assert sorted(AUDIOLDM2.module_names(pipe.unet, spec["regex"])) == sorted(streams[stream])
+    for stream, spec in AUDIOLDM2.cross_attention_streams.items():
+        assert sorted(AUDIOLDM2.module_names(pipe.unet, spec.regex)) == sorted(streams[stream])
     check_unet_layout(pipe.unet)
 
 

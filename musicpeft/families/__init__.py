@@ -1,14 +1,41 @@
-"""Registry of supported base-model families. Add a family by writing one module and listing it here."""
+"""Registry of supported base-model families. Add a family by writing one module and listing it here.
+
+A family module defines one `ModelFamily` (a subclass where it behaves differently) holding every fact
+and behaviour the rest of musicpeft needs; see `families/base.py`. `family_of(obj)` finds the family of a
+loaded model or pipeline, `family_of_source(source)` that of a base named by a folder, a Hub id or a tiny
+name, without loading it. When several families match (stereo MusicGen is also a MusicGen), the one that
+names the other in `variant_of` wins.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterable
 from typing import Any
 
-from .audioldm2 import AUDIOLDM2
-from .base import ModelFamily, TextEncoderSlot, get_submodule
-from .musicgen import MUSICGEN
+from .audioldm2 import AUDIOLDM2, TINY_AUDIOLDM2
+from .base import (
+    LOSS_CODEC_TOKENS,
+    LOSS_LATENT_DIFFUSION,
+    CardSnippet,
+    CrossAttentionStream,
+    LoadedBase,
+    LossKind,
+    ModelFamily,
+    SourceIndex,
+    TextEncoderSlot,
+    TrainingDefaults,
+    get_submodule,
+    unwrap_peft,
+)
+from .musicgen import MUSICGEN, TINY_MUSICGEN, TINY_MUSICGEN_TRAINED
+from .musicgen_melody import MUSICGEN_MELODY, TINY_MUSICGEN_MELODY
+from .musicgen_stereo import MUSICGEN_STEREO, TINY_MUSICGEN_STEREO
 
-FAMILIES: list[ModelFamily] = [MUSICGEN, AUDIOLDM2]
+FAMILIES: list[ModelFamily] = [MUSICGEN, AUDIOLDM2, MUSICGEN_MELODY, MUSICGEN_STEREO]
+# A source no family claims is tried as MusicGen, whose loader then says what is missing.
+DEFAULT_FAMILY = MUSICGEN
 
 
 class UnsupportedModelError(TypeError):
@@ -21,35 +48,130 @@ def register_family(family: ModelFamily) -> None:
     FAMILIES.append(family)
 
 
-def get_family(name: str) -> ModelFamily:
+def get_family(name: str | ModelFamily) -> ModelFamily:
+    """The registered family named `name` (a family object is returned as it is)."""
+    if isinstance(name, ModelFamily):
+        return name
     for family in FAMILIES:
         if family.name == name:
             return family
     raise ValueError(f"Unknown model family {name!r}; supported: {', '.join(f.name for f in FAMILIES)}.")
 
 
+def _most_specific(candidates: Iterable[ModelFamily]) -> ModelFamily | None:
+    """The first candidate that no other candidate refines (`variant_of`)."""
+    candidates = list(candidates)
+    refined = {f.variant_of for f in candidates if f.variant_of}
+    return next((f for f in candidates if f.name not in refined), None)
+
+
 def family_of(obj: Any) -> ModelFamily:
     """The family describing `obj` (a model or a pipeline), or a clear error naming the supported ones."""
-    # PeftModel / BaseTuner wrappers: look at the model they wrap.
-    inner = obj
-    while hasattr(inner, "get_base_model") and inner is not inner.get_base_model():
-        inner = inner.get_base_model()
-    for family in FAMILIES:
-        if family.matches(inner):
-            return family
+    inner = unwrap_peft(obj)  # PeftModel / BaseTuner wrappers: look at the model they wrap
+    family = _most_specific(f for f in FAMILIES if f.matches(inner))
+    if family is not None:
+        return family
     supported = "; ".join(f"{f.name} ({', '.join(f.class_names)})" for f in FAMILIES)
     raise UnsupportedModelError(
         f"{type(inner).__name__} is not a supported base model. Supported families: {supported}."
     )
 
 
+def component_family(obj: Any) -> ModelFamily | None:
+    """The family whose adapted pipeline component (e.g. AudioLDM2's U-Net) `obj` is, when given on its own."""
+    return next((f for f in FAMILIES if f.matches_component(obj)), None)
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _hub_json(repo_id: str, filename: str) -> dict[str, Any] | None:
+    """A JSON file of a Hub repo (downloaded or cached); None when the repo has no such file."""
+    from huggingface_hub import hf_hub_download  # lazy: only Hub ids need it
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return _read_json(hf_hub_download(repo_id, filename))
+    except EntryNotFoundError:
+        return None
+
+
+def read_source_index(source: str) -> SourceIndex:
+    """What `source`'s files say about its family: a pipeline's `model_index.json` or a model's `config.json`.
+
+    Tiny names are known without files. A Hub id is asked for its files (the Hub cache serves them
+    offline); when they cannot be read at all, the index is marked unreachable and families judge by
+    the name alone, leaving the loader to report why the files are missing.
+    """
+    if any(source in f.tiny_sources for f in FAMILIES):
+        return SourceIndex(source)
+    if os.path.isdir(source):
+        model_index = _read_json(os.path.join(source, "model_index.json"))
+        config = None if model_index is not None else _read_json(os.path.join(source, "config.json"))
+        return SourceIndex(source, model_index=model_index, config=config)
+    try:
+        model_index = _hub_json(source, "model_index.json")
+        config = None if model_index is not None else _hub_json(source, "config.json")
+    except Exception:  # offline and not cached, or not a valid id: let the loader give its own error
+        return SourceIndex(source, reachable=False)
+    return SourceIndex(source, model_index=model_index, config=config)
+
+
+def family_of_source(source: str) -> ModelFamily:
+    """The family of the base `source` names (folder, Hub id or tiny name), read from its files, not loaded."""
+    index = read_source_index(source)
+    family = _most_specific(f for f in FAMILIES if f.matches_source(index))
+    if family is None and index.model_index is not None:
+        pipelines = ", ".join(c for f in FAMILIES if f.is_pipeline for c in f.class_names)
+        raise UnsupportedModelError(
+            f"base: {source} is a {index.model_index.get('_class_name')!r} pipeline; supported pipelines: {pipelines}."
+        )
+    return family if family is not None else DEFAULT_FAMILY
+
+
+def tiny_sources() -> list[str]:
+    """Every embedded tiny base name, over all families."""
+    return [name for family in FAMILIES for name in family.tiny_sources]
+
+
 __all__ = [
+    "AUDIOLDM2",
+    "DEFAULT_FAMILY",
     "FAMILIES",
+    "LOSS_CODEC_TOKENS",
+    "LOSS_LATENT_DIFFUSION",
+    "MUSICGEN",
+    "MUSICGEN_MELODY",
+    "MUSICGEN_STEREO",
+    "TINY_AUDIOLDM2",
+    "TINY_MUSICGEN",
+    "TINY_MUSICGEN_MELODY",
+    "TINY_MUSICGEN_STEREO",
+    "TINY_MUSICGEN_TRAINED",
+    "CardSnippet",
+    "CrossAttentionStream",
+    "LoadedBase",
+    "LossKind",
     "ModelFamily",
+    "SourceIndex",
     "TextEncoderSlot",
+    "TrainingDefaults",
     "UnsupportedModelError",
+    "component_family",
     "family_of",
+    "family_of_source",
     "get_family",
     "get_submodule",
+    "read_source_index",
     "register_family",
+    "tiny_sources",
+    "unwrap_peft",
 ]

@@ -33,10 +33,25 @@ Consequence for a soft prompt that lengthens T5's output by N tokens: the mask t
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
-from .base import ModelFamily, TextEncoderSlot
+from ..tiny import tiny_audioldm2_pipeline
+from .base import (
+    LOSS_LATENT_DIFFUSION,
+    CardSnippet,
+    CrossAttentionStream,
+    LoadedBase,
+    ModelFamily,
+    TextEncoderSlot,
+    TrainingDefaults,
+)
+
+TINY_AUDIOLDM2 = "tiny-audioldm2"
 
 # Module names are relative to the pipeline's `unet` (the adapted component), e.g.
 # `down_blocks.0.attentions.4.transformer_blocks.0.attn2.to_k`.
@@ -117,17 +132,68 @@ def check_unet_layout(unet: nn.Module) -> None:
             )
 
 
-def _ensure_compat(pipe):
-    from ..pipelines import ensure_audioldm2_compat  # lazy: pipelines imports diffusers
+@dataclass(frozen=True)
+class AudioLDM2Family(ModelFamily):
+    """AudioLDM2 pipelines: adapters go on the U-Net and the text encoders, one peft model per component."""
 
-    return ensure_audioldm2_compat(pipe)
+    def check_layout(self, module: nn.Module) -> None:
+        check_unet_layout(module)
+
+    def prepare(self, obj: Any) -> None:
+        """Wrap a bare GPT2Model language model so that the pipeline generates under transformers 5."""
+        from .audioldm2_loading import ensure_audioldm2_compat  # lazy: it imports diffusers (seconds)
+
+        ensure_audioldm2_compat(obj)
+
+    def load(self, source: str, device: str, dtype: torch.dtype) -> LoadedBase:
+        if source in self.tiny_sources:
+            pipe = tiny_audioldm2_pipeline(seed=0)
+            if dtype != torch.float32:
+                pipe.to(dtype=dtype)
+        else:
+            from .audioldm2_loading import load_audioldm2_pipeline  # lazy: it imports diffusers (seconds)
+
+            pipe = load_audioldm2_pipeline(source, torch_dtype=dtype)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return LoadedBase(self, pipe, None, int(pipe.vocoder.config.sampling_rate), source)
+
+    def generate_clips(self, base: LoadedBase, model: Any, prompts: list[str], seeds: list[int], *,
+                       seconds: float, guidance_scale: float, num_inference_steps: int = 200,
+                       batch_size: int = 8) -> list[np.ndarray]:
+        """Each prompt's initial latents come from its own generator; DDIM with `eta=0` adds no other noise."""
+        length = int(round(seconds * base.sampling_rate))
+        clips: list[np.ndarray] = []
+        for start in range(0, len(prompts), batch_size):
+            stop = min(start + batch_size, len(prompts))
+            generators = [torch.Generator().manual_seed(s) for s in seeds[start:stop]]
+            out = model(prompts[start:stop], audio_length_in_s=seconds, guidance_scale=guidance_scale,
+                        num_inference_steps=num_inference_steps, generator=generators, num_waveforms_per_prompt=1)
+            clips += [np.asarray(a, dtype=np.float32)[..., :length] for a in out.audios]
+        return clips
+
+    def unet_inputs(self, generated: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor | None,
+                    dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
+        """The U-Net's conditioning keywords for `encode_prompt`'s outputs (GPT2 states, T5 states and mask)."""
+        streams = self.cross_attention_streams
+        return {
+            streams["generated"].kwarg: generated.to(dtype),
+            streams["t5"].kwarg: t5.to(dtype),
+            streams["t5"].mask_kwarg: t5_mask,
+        }
 
 
-AUDIOLDM2 = ModelFamily(
+# The paper's AudioLDM2 recipe: 30 epochs, batch 16, AdamW at 5e-5, 163,840-sample (10.24 s at 16 kHz) clips.
+# The accelerate loop keeps no optimizer state between runs, so a run cannot resume.
+AUDIOLDM2_TRAINING = TrainingDefaults(
+    loss=LOSS_LATENT_DIFFUSION, clip_seconds=10.24, learning_rate=5e-5, batch_size=16, epochs=30, resumable=False
+)
+
+AUDIOLDM2 = AudioLDM2Family(
     name="audioldm2",
     class_names=("AudioLDM2Pipeline",),
     text_encoders=(
-        # FLAN-T5: one state per token, the conditioning the paper's soft prompt goes into (DESIGN.md §1).
+        # FLAN-T5: one state per token, the conditioning a soft prompt goes into.
         # (TTS checkpoints put a VitsModel here instead; it does not take a soft prompt.)
         TextEncoderSlot(name="t5", module="text_encoder_2", tokenizer="tokenizer_2", component_inner_module="encoder"),
         # CLAP's text branch: pooled at position 0 (`<s>`), so a soft prompt must go after that token.
@@ -149,29 +215,28 @@ AUDIOLDM2 = ModelFamily(
         "attn": rf"{_ANY}\.(attn1|attn2)\.{_PROJ}",
         "attn_ff": rf"{_ANY}\.((attn1|attn2)\.{_PROJ}|ff\.net\.0\.proj|ff\.net\.2)",
     },
-    full_finetune_module="unet",
-    extra={
-        # The regexes above are relative to this pipeline component, not to the pipeline.
-        "adapted_component": "unet",
-        "adapted_component_classes": ("AudioLDM2UNet2DConditionModel",),
-        "check_layout": check_unet_layout,
-        "lora_preset_descriptions": {
-            "self_attn": "U-Net self-attention q/k/v/out (attn1, and attn2 of the extra self-attention layers)",
-            "cross_attn": "U-Net cross-attention q/k/v/out over the GPT2 and the T5 streams (attn2)",
-            "attn": "all U-Net attention q/k/v/out (attn1 + attn2): the usual diffusers LoRA targets",
-            "attn_ff": "all U-Net attention q/k/v/out plus the transformer feed-forward layers",
-        },
-        # Which U-Net keyword each cross-attention stream reads, and which mask goes with it.
-        "cross_attention_streams": {
-            "generated": {"kwarg": "encoder_hidden_states", "source": "language_model (GPT2), 8 states",
-                          "mask_kwarg": None, "regex": rf"{_BLOCK.format(k='[147]')}\.attn2"},
-            "t5": {"kwarg": "encoder_hidden_states_1", "source": "text_encoder_2 (FLAN-T5) prompt_embeds",
-                   "mask_kwarg": "encoder_attention_mask_1", "regex": rf"{_BLOCK.format(k='[258]')}\.attn2"},
-        },
-        "mask_kwarg": "encoder_attention_mask_1",
-        "t5_mask_flow": T5_MASK_FLOW,
-        # Run on a pipeline before an adapter is attached or loaded (transformers-5 GPT2Model fix).
-        "prepare": lambda pipe: _ensure_compat(pipe),
+    lora_preset_descriptions={
+        "self_attn": "U-Net self-attention q/k/v/out (attn1, and attn2 of the extra self-attention layers)",
+        "cross_attn": "U-Net cross-attention q/k/v/out over the GPT2 and the T5 streams (attn2)",
+        "attn": "all U-Net attention q/k/v/out (attn1 + attn2): the usual diffusers LoRA targets",
+        "attn_ff": "all U-Net attention q/k/v/out plus the transformer feed-forward layers",
     },
+    full_finetune_module="unet",
+    # The regexes above are relative to this pipeline component, not to the pipeline.
+    adapted_component="unet",
+    adapted_component_classes=("AudioLDM2UNet2DConditionModel",),
+    mask_kwarg="encoder_attention_mask_1",
+    masked_text_encoder="t5",
+    # Which U-Net keyword each cross-attention stream reads, and which mask goes with it.
+    cross_attention_streams={
+        "generated": CrossAttentionStream(kwarg="encoder_hidden_states", source="language_model (GPT2), 8 states",
+                                          mask_kwarg=None, regex=rf"{_BLOCK.format(k='[147]')}\.attn2"),
+        "t5": CrossAttentionStream(kwarg="encoder_hidden_states_1", source="text_encoder_2 (FLAN-T5) prompt_embeds",
+                                   mask_kwarg="encoder_attention_mask_1", regex=rf"{_BLOCK.format(k='[258]')}\.attn2"),
+    },
+    tiny_sources=(TINY_AUDIOLDM2,),
+    name_hints=("audioldm",),
+    guidance_scale=3.5,
+    training=AUDIOLDM2_TRAINING,
+    card=CardSnippet("from diffusers import AudioLDM2Pipeline", "pipe", "AudioLDM2Pipeline.from_pretrained({base})"),
 )
-

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..families import AUDIOLDM2
 from .diffusion_data import AudioTextCollator, IndexedDataset, MelConfig, log_mel
 from .finite import check_finite_gradients, check_finite_loss, check_finite_weights
 
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainable_state.safetensors"
 INFO_FILE = "trainer_state.json"
+
+_PAPER = AUDIOLDM2.training  # the family's training defaults
 
 
 @dataclass
@@ -44,13 +47,13 @@ class DiffusionTrainingArguments:
         metadata={"help": "Where `best/` and `last/` checkpoints go (trainable state as safetensors, plus whatever "
                   "save_fn writes). None: the best state is kept in memory only."},
     )
-    num_train_epochs: int = field(default=30, metadata={"help": "Epochs over the training set (paper: 30)."})
+    num_train_epochs: int = field(default=_PAPER.epochs, metadata={"help": "Epochs over the training set (paper: 30)."})
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (overrides num_train_epochs)."}
     )
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size (paper: 16)."})
-    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch size (paper: 16)."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate (paper: 5e-5)."})
+    per_device_train_batch_size: int = field(default=_PAPER.batch_size, metadata={"help": "Batch size (paper: 16)."})
+    per_device_eval_batch_size: int = field(default=_PAPER.batch_size, metadata={"help": "Eval batch (paper: 16)."})
+    learning_rate: float = field(default=_PAPER.learning_rate, metadata={"help": "AdamW learning rate (paper: 5e-5)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
@@ -70,7 +73,7 @@ class DiffusionTrainingArguments:
         default=True, metadata={"help": "Restore the trainable state with the lowest eval loss after training."}
     )
     audio_length_s: float | None = field(
-        default=10.24,
+        default=_PAPER.clip_seconds,
         metadata={"help": "Crop/pad every clip to this length (paper: 163,840 samples = 10.24 s at 16 kHz); "
                   "None pads each batch to its longest clip. Rounded up to whole VAE frames."},
     )
@@ -137,9 +140,7 @@ def diffusion_loss(
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(
         noisy.to(unet.dtype), timesteps,
-        encoder_hidden_states=generated_embeds.to(unet.dtype),
-        encoder_hidden_states_1=prompt_embeds.to(unet.dtype),
-        encoder_attention_mask_1=attention_mask,
+        **AUDIOLDM2.unet_inputs(generated_embeds, prompt_embeds, attention_mask, unet.dtype),
         return_dict=False,
     )[0]
     kind = noise_scheduler.config.prediction_type

@@ -2,10 +2,10 @@
 
 The target sets are the families' own data (`ModelFamily.lora_presets`: preset name -> regex over module
 names); this module only turns a name into a `peft.LoraConfig` and a family's `full_finetune_module` into
-a set of trainable parameters. LoRA on these targets needs nothing beyond stock peft (DESIGN.md §5).
+a set of trainable parameters. LoRA on these targets needs nothing beyond stock peft.
 
 Where the regexes apply: for MusicGen, to the `MusicgenForConditionalGeneration` itself; for AudioLDM2,
-to the pipeline's `unet` (the family's `extra["adapted_component"]`). `adapted_module(obj)` returns that
+to the pipeline's `unet` (the family's `adapted_component`). `adapted_module(obj)` returns that
 module for a model or a pipeline, e.g. `get_peft_model(adapted_module(pipe), lora_config(pipe, "attn"))`.
 """
 
@@ -13,54 +13,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import LoraConfig
 from torch import nn
 
-from ..families import FAMILIES, ModelFamily, family_of, get_submodule
-
-
-def _unwrap(obj: Any) -> Any:
-    """The base model inside peft wrappers (PeftModel, BaseTuner)."""
-    while hasattr(obj, "get_base_model") and obj is not obj.get_base_model():
-        obj = obj.get_base_model()
-    return obj
-
-
-def _component_family(obj: Any) -> ModelFamily | None:
-    """The family whose adapted component (e.g. AudioLDM2's U-Net) `obj` is, when given on its own."""
-    names = {cls.__name__ for cls in type(obj).__mro__}
-    for family in FAMILIES:
-        if names & set(family.extra.get("adapted_component_classes", ())):
-            return family
-    return None
+from ..families import ModelFamily, component_family, family_of, get_family, get_submodule, unwrap_peft
 
 
 def resolve_family(family_or_model: Any) -> ModelFamily:
     """A `ModelFamily`, a family name, a model/pipeline of a family, or a family's adapted component."""
-    if isinstance(family_or_model, ModelFamily):
-        return family_or_model
-    if isinstance(family_or_model, str):
-        from ..families import get_family
-
+    if isinstance(family_or_model, (ModelFamily, str)):
         return get_family(family_or_model)
-    base = _unwrap(family_or_model)
-    family = _component_family(base)
+    base = unwrap_peft(family_or_model)
+    family = component_family(base)
     return family if family is not None else family_of(base)
 
 
 def adapted_module(model_or_pipe: Any) -> nn.Module:
     """The module that a family's LoRA regexes are relative to: the model, or the pipeline's component."""
-    base = _unwrap(model_or_pipe)
-    if _component_family(base) is not None:
+    base = unwrap_peft(model_or_pipe)
+    if component_family(base) is not None:
         return base
-    family = family_of(base)
-    component = family.extra.get("adapted_component")
+    component = family_of(base).adapted_component
     return get_submodule(base, component) if component else base
 
 
 def list_presets(family_or_model: Any) -> dict[str, str]:
     """Preset name -> what it adapts, for a family (or a model/pipeline of it)."""
     family = resolve_family(family_or_model)
-    descriptions = family.extra.get("lora_preset_descriptions", {})
+    descriptions = family.lora_preset_descriptions
     return {name: descriptions.get(name, f"modules matching {regex}") for name, regex in family.lora_presets.items()}
 
 
@@ -77,9 +57,7 @@ def preset_modules(model_or_pipe: Any, preset: str) -> list[str]:
     """Names (relative to `adapted_module(model_or_pipe)`) of the modules `preset` targets in this model."""
     family = resolve_family(model_or_pipe)
     module = adapted_module(model_or_pipe)
-    check_layout = family.extra.get("check_layout")
-    if check_layout is not None:
-        check_layout(module)
+    family.check_layout(module)
     names = family.module_names(module, preset_regex(family, preset))
     if not names:
         raise ValueError(
@@ -98,8 +76,6 @@ def lora_config(
     its modules (and, for AudioLDM2, that its U-Net has the layout the regexes assume). Other keyword
     arguments go to `LoraConfig` unchanged (`use_rslora`, `init_lora_weights`, `bias`, ...).
     """
-    from peft import LoraConfig
-
     if "target_modules" in kwargs:
         raise ValueError("lora_config sets target_modules from the preset; pass a preset name instead.")
     regex = preset_regex(family_or_model, preset)
@@ -120,8 +96,8 @@ def _all_modules(model_or_pipe: Any) -> list[nn.Module]:
 
 def full_finetune_module(model_or_pipe: Any) -> nn.Module:
     """The module full fine-tuning trains: MusicGen's `decoder`, AudioLDM2's `unet`."""
-    base = _unwrap(model_or_pipe)
-    if _component_family(base) is not None:
+    base = unwrap_peft(model_or_pipe)
+    if component_family(base) is not None:
         return base
     family = family_of(base)
     if not family.full_finetune_module:
@@ -140,7 +116,7 @@ def prepare_full_finetune(model_or_pipe: Any) -> list[nn.Parameter]:
     Tied or shared tensors between the trained module and the rest (none in the stock models) would
     train as well, since a tensor has one `requires_grad` flag.
     """
-    base = _unwrap(model_or_pipe)
+    base = unwrap_peft(model_or_pipe)
     target = full_finetune_module(base)
     for module in _all_modules(base):
         module.requires_grad_(False)

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from transformers import AutoTokenizer
+
+from ...families import get_family
 
 CHILD_NAME = "soft_prompt"
 
@@ -31,8 +34,6 @@ def initial_prompt(config: Any, embedding: torch.Tensor) -> torch.Tensor:
     if config.init == "vocab":
         return _sample_rows(embedding, n, config.init_seed)
     if config.init == "text":
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
         ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
         if not ids:
@@ -48,6 +49,16 @@ def initial_prompt(config: Any, embedding: torch.Tensor) -> torch.Tensor:
     generator = torch.Generator().manual_seed(config.init_seed)
     std = embedding.detach().float().std().item()
     return torch.randn(n, embedding.shape[1], generator=generator) * std
+
+
+def slot_mask_kwarg(config: Any) -> str:
+    """The keyword the prompted text encoder takes its token mask by, from the family's text-encoder slot.
+
+    The tuner fills `config.base_family` and `config.text_encoder` before it attaches a layer.
+    """
+    if getattr(config, "base_family", None) is None:
+        raise ValueError("A soft-prompt layer needs config.base_family (the tuner sets it when it attaches one).")
+    return get_family(config.base_family).text_encoder(getattr(config, "text_encoder", None)).mask_kwarg
 
 
 def _execution_device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -79,11 +90,14 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("soft_prompt_embeddings",)
     other_param_names = ("soft_prompt_position",)
 
-    def __init__(self, encoder: nn.Module, adapter_name: str, config: Any, insert_at: int = 0) -> None:
+    def __init__(self, encoder: nn.Module, adapter_name: str, config: Any, insert_at: int = 0,
+                 mask_kwarg: str | None = None) -> None:
         super().__init__()
         # Index in the token sequence where input-position prompts go: 0 prepends; 1 keeps a pooled
         # first token (CLAP's `<s>`) first.
         self.insert_at = insert_at
+        # The encoder's token-mask keyword (the family's `TextEncoderSlot.mask_kwarg`).
+        self.mask_kwarg = mask_kwarg if mask_kwarg is not None else slot_mask_kwarg(config)
         self.soft_prompt_embeddings = nn.ParameterDict()
         self.soft_prompt_position: dict[str, str] = {}
         self.merged_adapters = []
@@ -101,8 +115,9 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         ]
 
     @classmethod
-    def attach(cls, encoder: nn.Module, adapter_name: str, config: Any, insert_at: int = 0) -> SoftPromptLayer:
-        layer = cls(encoder, adapter_name, config, insert_at=insert_at)
+    def attach(cls, encoder: nn.Module, adapter_name: str, config: Any, insert_at: int = 0,
+               mask_kwarg: str | None = None) -> SoftPromptLayer:
+        layer = cls(encoder, adapter_name, config, insert_at=insert_at, mask_kwarg=mask_kwarg)
         encoder.add_module(CHILD_NAME, layer)
         return layer
 
@@ -176,7 +191,7 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
     def _onloaded(self) -> contextlib.AbstractContextManager:
         """If accelerate offloaded this layer too (it sits inside the encoder), load its prompts for the call."""
         if hasattr(self, "_hf_hook") and any(p.device.type == "meta" for p in self.parameters()):
-            from accelerate.utils import align_module_device
+            from accelerate.utils import align_module_device  # lazy: only offloaded encoders need accelerate
 
             return align_module_device(self, execution_device=self._hf_hook.execution_device)
         return contextlib.nullcontext()
@@ -193,7 +208,7 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
         extra = call.pop("kwargs", {})
         call.update(extra)
         input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
-        attention_mask = call.get("attention_mask")
+        attention_mask = call.get(self.mask_kwarg)
         text_len = (inputs_embeds if inputs_embeds is not None else input_ids).shape[1]
         if attention_mask is not None and attention_mask.shape[1] == text_len:
             if self.caller_mask_must_grow is not None:
@@ -211,7 +226,7 @@ class SoftPromptLayer(nn.Module, BaseTunerLayer):
                 f"{text_len + n_in + n_out} (text + soft prompt)."
             )
         if attention_mask is not None:
-            call["attention_mask"] = attention_mask[:, : attention_mask.shape[1] - n_out]
+            call[self.mask_kwarg] = attention_mask[:, : attention_mask.shape[1] - n_out]
         if n_in:
             if inputs_embeds is None:
                 inputs_embeds = encoder.get_input_embeddings()(input_ids)

@@ -66,6 +66,9 @@ class SoftMusicPromptModel(BaseTuner):
         component = path != slot.module and slot.path_in_component == path
         masked = family.extra.get("masked_text_encoder", "t5") == slot.name and "t5_mask_flow" in family.extra
         self._caller_mask_must_grow = f"{family.name} {slot.component}" if component and masked else None
+        # The mask keyword of the adapted model: the family root's, or the text encoder's when adapted alone.
+        self._mask_kwarg = slot.mask_kwarg if component else family.mask_kwarg
+        self._generation_mask_methods = () if component else family.generation_mask_methods
         encoder = get_submodule(self.model, path)
         width = encoder.get_input_embeddings().weight.shape[1]
         if config.token_dim is not None and config.token_dim != width:
@@ -127,6 +130,24 @@ class SoftMusicPromptModel(BaseTuner):
     def _post_injection_hook(self, model: nn.Module, config: Any, adapter_name: str) -> None:
         if getattr(self, "_mask_hook", None) is None:
             self._mask_hook = model.register_forward_pre_hook(self._extend_mask, with_kwargs=True)
+            for name in getattr(self, "_generation_mask_methods", ()):
+                self._wrap_generation_mask_method(model, name)
+
+    def _wrap_generation_mask_method(self, model: nn.Module, name: str) -> None:
+        """Grow `model_kwargs[mask]` before `model.<name>(inputs_tensor, model_kwargs, ...)` applies it to the
+        prompted text states (the family's `generation_mask_methods`); undone by `_remove_mask_hook`."""
+        original = getattr(model, name)
+
+        def grown(inputs_tensor: Any, model_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+            mask = model_kwargs.get(self._mask_kwarg)
+            if mask is not None and inputs_tensor is not None and mask.shape[1] == inputs_tensor.shape[1]:
+                for layer in self.prompt_layers():
+                    mask = layer.extend_attention_mask(mask)
+                model_kwargs = {**model_kwargs, self._mask_kwarg: mask}
+            return original(inputs_tensor, model_kwargs, *args, **kwargs)
+
+        object.__setattr__(model, name, grown)
+        self._wrapped_methods = [*getattr(self, "_wrapped_methods", []), (model, name)]
 
     def prompt_layers(self) -> list[SoftPromptLayer]:
         """The prompt layers this tuner attached (kept as a list: the mask hook reads it on every forward)."""
@@ -138,7 +159,7 @@ class SoftMusicPromptModel(BaseTuner):
 
     def _extend_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Grow the model-level attention mask to the text encoder's (prompted) output length."""
-        mask_kwarg = "attention_mask"
+        mask_kwarg = self._mask_kwarg
         mask = kwargs.get(mask_kwarg)
         if mask is None:
             return None
@@ -167,6 +188,9 @@ class SoftMusicPromptModel(BaseTuner):
         if hook is not None:
             hook.remove()
             self._mask_hook = None
+        for model, name in getattr(self, "_wrapped_methods", []):
+            model.__dict__.pop(name, None)
+        self._wrapped_methods = []
 
     def merge_and_unload(self, *args, **kwargs) -> nn.Module:
         raise NotImplementedError(
