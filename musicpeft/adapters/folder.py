@@ -1,4 +1,4 @@
-"""All-or-nothing writes of a whole adapter folder.
+"""All-or-nothing writes of a whole adapter folder: the one writer of adapter folders in musicpeft.
 
 Writing each file atomically is not enough: a kill between two files leaves new weights beside an old
 config, or (for a pipeline) one component new and one old, and that mix loads without error. So an
@@ -20,9 +20,9 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
-from .adapter_files import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from .files import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from .manifest import MANIFEST_NAME
 
-MANIFEST_NAME = "musicpeft_adapter.json"
 _STAGING = ".musicpeft-staging-"
 _OLD = ".musicpeft-old-"
 # Files a save of an adapter writes (README.md: peft's card); a new save replaces all of them.
