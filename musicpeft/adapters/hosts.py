@@ -30,7 +30,6 @@ from .base import (
     WHOLE,
     adapted_component,
     attaching_component,
-    family_adapts_components,
     is_pipeline,
     peft_model_of,
     pipeline_modules,
@@ -167,9 +166,7 @@ Host = ModelHost | PipelineHost
 def host_of(obj: Any) -> Host:
     """The host of a model, a PeftModel or a pipeline (`UnsupportedModelError` for anything else)."""
     family = family_of(obj)
-    if is_pipeline(obj) and family_adapts_components(family):
-        return PipelineHost(obj, family)
-    return ModelHost(obj, family)
+    return PipelineHost(obj, family) if is_pipeline(obj) else ModelHost(obj, family)
 
 
 def subfolder(folder: str, name: str) -> str:
