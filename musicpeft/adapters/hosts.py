@@ -170,4 +170,5 @@ def host_of(obj: Any) -> Host:
 
 
 def subfolder(folder: str, name: str) -> str:
+    """Where a target's adapter sits in an adapter folder (`.`: the folder itself)."""
     return folder if name == "." else os.path.join(folder, name)
