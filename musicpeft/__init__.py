@@ -4,10 +4,10 @@ Importing this package registers its methods with peft, so that `get_peft_model`
 and `PeftModel.from_pretrained` work with them.
 """
 
-from . import adapter_files, concepts, diagnostics
-from .adapter_files import AdapterFileError, allow_pickle_adapters
+from . import adapter_files, adapters, concepts, diagnostics
+from .adapters import peft_guards
+from .adapters.files import AdapterFileError, allow_pickle_adapters
 from .api import add_adapter, load_adapter, save_adapter
-from .concepts import UnknownConceptError, bind_processor
 from .families import FAMILIES, UnsupportedModelError, family_of
 from .metrics import register_clap_kld
 from .tuners import (
@@ -18,12 +18,13 @@ from .tuners import (
     SoftMusicPromptConfig,
     SoftMusicPromptModel,
 )
+from .tuners.concept_identifier import UnknownConceptError, bind_processor
 
 
 def __getattr__(name: str):
     # Hub helpers import huggingface_hub's card machinery; load them only when asked for.
     if name in ("push_adapter_to_hub", "render_model_card"):
-        from . import hub
+        from . import hub  # lazy: hub imports huggingface_hub's card machinery, needed only for these two
 
         return getattr(hub, name)
     raise AttributeError(f"module 'musicpeft' has no attribute {name!r}")
@@ -31,7 +32,9 @@ def __getattr__(name: str):
 
 __version__ = "0.1.0"
 
-adapter_files.install()
+# peft's own loaders get musicpeft's file checks and undo a refused load (see adapters/peft_guards.py): done
+# here, once, because importing musicpeft is what makes our methods loadable by peft at all.
+peft_guards.install()
 register_clap_kld()  # a bare evaluate.load("clap_kld") works offline after `import musicpeft`
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
     "PivotalMaskModel",
     "UnknownConceptError",
     "bind_processor",
+    "adapter_files",
+    "adapters",
     "concepts",
     "diagnostics",
     "AdapterFileError",

@@ -9,6 +9,8 @@ naming the file or flag, which the command line treats the same way (see :data:`
 
 from __future__ import annotations
 
+from .families import UnsupportedModelError
+
 
 class MusicpeftInputError(ValueError):
     """A user input (flag, file, folder, data) that musicpeft refuses, with a message naming it."""
@@ -34,6 +36,4 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     ``UnsupportedModelError`` a base that is neither MusicGen nor AudioLDM2. Other exceptions are bugs and
     keep their traceback.
     """
-    from .families import UnsupportedModelError
-
     return (ValueError, OSError, UnsupportedModelError)

@@ -11,10 +11,10 @@ old folder exactly as it was.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from .adapters.folder import swap_in
 from .errors import MusicpeftInputError, OutputDirNotEmptyError
 
 
@@ -41,17 +41,6 @@ def make_staging(output_dir: str | os.PathLike) -> Path:
 
 
 def swap_into_place(new: str | os.PathLike, output_dir: str | os.PathLike) -> None:
-    """Rename the complete folder ``new`` to ``output_dir``, replacing what was there."""
-    new, target = Path(new), Path(output_dir)
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.absolute().parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Rename the complete folder ``new`` to ``output_dir``, replacing what was there (the folder writer of
+    ``musicpeft.adapters.folder``, without keeping the old folder's other files: the run's output is whole)."""
+    swap_in(new, output_dir, keep_foreign=False)

@@ -1,6 +1,6 @@
 """File writing shared by every part of the package: one atomic single-file writer.
 
-Whole adapter folders are written by :mod:`musicpeft.atomic_folder`; everything that writes one file
+Whole adapter folders are written by :mod:`musicpeft.adapters.folder`; everything that writes one file
 (a wav, a PNG, a JSON summary, a cache entry) goes through :func:`atomic_write` so that a reader never
 sees half a file and a failed write leaves no temporary file behind.
 """

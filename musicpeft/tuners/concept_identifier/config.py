@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from peft.config import PeftConfig
 
-from ...adapter_files import LOAD_HINT
+from ...adapters.files import LOAD_HINT
 from ...registration import add_peft_type
 
 CONCEPT_IDENTIFIER = add_peft_type("CONCEPT_IDENTIFIER")
@@ -33,7 +34,7 @@ class ConceptIdentifierConfig(PeftConfig):
     Each concept gets `tokens_per_concept` embeddings. A placeholder `<name>` in a prompt expands to that
     concept's tokens before tokenization, and the text encoder looks their ids up in the learned table
     instead of its own embedding matrix (which is never resized). Several tokens per concept keep two
-    concepts' text-encoder outputs apart (DreamStyler §4.3: one token each ends >99% cosine-similar).
+    concepts' text-encoder outputs apart (JEN-1 DreamStyler, Section 4.3: one token each ends >99% cosine-similar).
 
     Args:
         concepts: Concept names, e.g. `["koto", "shamisen"]`; each is written `<koto>` in prompts.
@@ -51,6 +52,9 @@ class ConceptIdentifierConfig(PeftConfig):
         token_dims: Width of each adapted text encoder (filled in when attached).
         base_fingerprint: Digest of the base weights the adapter was trained on (filled in when attached).
     """
+
+    # On a pipeline the tokens and the attention deltas adapt several components at once (`musicpeft.adapters`).
+    musicpeft_pipeline_target: ClassVar[str] = "components"
 
     concepts: list[str] = field(
         default_factory=list, metadata={"help": "Concept names; concept 'koto' is written '<koto>' in prompts."}

@@ -11,12 +11,21 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from torch import nn
 
-from ... import concepts
+from ...adapters.base import bound_tokenizers
+from ...adapters.strict import require_complete
 from ...families import TextEncoderSlot
-from ..strict_loading import require_complete
-from .components import Layout, base_fingerprint, execution_device, layout_of, readable_weight
 from .config import placeholder
+from .fingerprint import base_fingerprint
 from .layer import ConceptEmbeddingLayer, TokenTable
+from .layout import Layout, layout_of
+from .placeholders import (
+    add_identifier_tokens,
+    capture_placeholders,
+    check_identifier_tokens,
+    install_placeholders,
+    remove_placeholders,
+)
+from .weights import execution_device, readable_weight
 
 
 def _initial_rows(config: Any, embedding: torch.Tensor, tokenizer: Any, slot: str) -> torch.Tensor:
@@ -39,7 +48,7 @@ def _initial_rows(config: Any, embedding: torch.Tensor, tokenizer: Any, slot: st
             value = weight[torch.tensor(ids)].mean(0, keepdim=True).expand(config.tokens_per_concept, -1)
         elif words is not None and config.base_fingerprint is None:
             raise ValueError(
-                f"init_words[{name!r}] needs the {slot} tokenizer: call musicpeft.concepts.bind_processor(model, "
+                f"init_words[{name!r}] needs the {slot} tokenizer: call musicpeft.bind_processor(model, "
                 "processor) before attaching the adapter."
             )
         else:  # noise (also for a saved adapter loaded without tokenizer: the file overwrites it)
@@ -89,7 +98,7 @@ class ConceptIdentifierModel(BaseTuner):
                 f"This adapter was made for the {config.base_family!r} family, but the base is {family.name!r}."
             )
         slots = layout.slots(config.text_encoders)
-        tokenizers = concepts.bound_tokenizers(self.model)
+        tokenizers = bound_tokenizers(self.model)
         placeholders = config.placeholders()
         embeddings: dict[str, str] = {}
         values: dict[str, nn.Parameter] = {}
@@ -107,7 +116,7 @@ class ConceptIdentifierModel(BaseTuner):
                 )
             tokenizer = tokenizers.get(slot.name)
             if tokenizer is not None:
-                concepts.check_identifier_tokens(tokenizer, placeholders)
+                check_identifier_tokens(tokenizer, placeholders)
             readable = readable_weight(embedding)
             if readable is None:
                 raise ValueError(
@@ -216,20 +225,20 @@ class ConceptIdentifierModel(BaseTuner):
     # -- tokenizers --
     def sync_tokenizers(self) -> None:
         """Add every adapter's tokens to the bound tokenizers, adopt their ids, expand placeholders there."""
-        tokenizers = concepts.bound_tokenizers(self.model)
+        tokenizers = bound_tokenizers(self.model)
         for slot_name, table in self._tables().items():
             tokenizer = tokenizers.get(slot_name)
             placeholders = table.placeholders
             if tokenizer is None or not placeholders:
                 continue
-            concepts.check_identifier_tokens(tokenizer, placeholders)
+            check_identifier_tokens(tokenizer, placeholders)
             tokens = [t for ts in placeholders.values() for t in ts]
-            table.rebind(concepts.add_identifier_tokens(tokenizer, tokens))
+            table.rebind(add_identifier_tokens(tokenizer, tokens))
             table.tokenizer = tokenizer
-            concepts.install_placeholders(tokenizer, {p: "".join(ts) for p, ts in placeholders.items()})
+            install_placeholders(tokenizer, {p: "".join(ts) for p, ts in placeholders.items()})
         for slot_name, words in self._state["plain"].items():
             if tokenizers.get(slot_name) is not None:
-                concepts.install_placeholders(tokenizers[slot_name], words)
+                install_placeholders(tokenizers[slot_name], words)
 
     def concept_token_ids(self, text_encoder: str | None = None) -> dict[str, int]:
         """Identifier token -> id for one adapted text encoder (the first when None)."""
@@ -260,12 +269,12 @@ class ConceptIdentifierModel(BaseTuner):
     # -- a refused load leaves the model as it was --
     def _snapshot(self) -> dict[str, Any]:
         """What attaching an adapter changes besides its layers: token tables, placeholder rules."""
-        tokenizers = concepts.bound_tokenizers(self.model)
+        tokenizers = bound_tokenizers(self.model)
         return {
             "tables": {n: (dict(t.ids), {k: list(v) for k, v in t.placeholders.items()})
                        for n, t in self._tables().items()},
             "plain": {n: dict(v) for n, v in self._state["plain"].items()},
-            "tokenizers": [(t, concepts.placeholder_definitions(t)) for t in tokenizers.values()],
+            "tokenizers": [capture_placeholders(t) for t in tokenizers.values()],
         }
 
     def rollback_adapter(self, adapter_name: str, keep_config: bool = False) -> None:
@@ -298,10 +307,8 @@ class ConceptIdentifierModel(BaseTuner):
                 elif not tables[slot_name].layers:
                     del tables[slot_name]
             self._state["plain"] = undo["plain"]
-            for tokenizer, definitions in undo["tokenizers"]:
-                concepts.remove_placeholders(tokenizer)
-                if definitions:
-                    concepts.install_placeholders(tokenizer, definitions)
+            for restore in undo["tokenizers"]:
+                restore()
         remaining = [n for n in self.peft_config if n != adapter_name]
         if adapter_name in self.active_adapters:
             self.active_adapter = remaining[0] if remaining else []
@@ -365,9 +372,9 @@ class ConceptIdentifierModel(BaseTuner):
 
     def unload(self) -> nn.Module:
         """The base model without any adapter; bound tokenizers stop expanding this tuner's placeholders."""
-        tokenizers = concepts.bound_tokenizers(self.model)
+        tokenizers = bound_tokenizers(self.model)
         placeholders = [p for t in self._tables().values() for p in t.placeholders]
         model = super().unload()
         for tokenizer in tokenizers.values():
-            concepts.remove_placeholders(tokenizer, placeholders)
+            remove_placeholders(tokenizer, placeholders)
         return model

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..concept_identifier.components import Layout, layout_of
+from ...adapters.strict import require_complete
 from ..concept_identifier.layer import ConceptEmbeddingLayer
+from ..concept_identifier.layout import Layout, layout_of
 from ..concept_identifier.model import ConceptIdentifierModel
-from ..strict_loading import require_complete
 from .layer import DENSE, MASK, SPARSE, PivotalLinear
 from .selection import Selection, count, random_percent, top_percent, union
 

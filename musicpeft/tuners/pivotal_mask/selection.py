@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from ...io import atomic_write
 
 Selection = dict[str, torch.Tensor]
 
@@ -95,17 +98,15 @@ def count(selection: Selection) -> int:
 
 
 def save_selection(selection: Selection, path: str | os.PathLike) -> None:
-    """Write a selection as safetensors (one int32 tensor per module; int64 past 2**31 entries)."""
-    from safetensors.torch import save_file
+    """Write a selection as safetensors (one int32 tensor per module; int64 past 2**31 entries), atomically."""
 
     def small(v: torch.Tensor) -> torch.Tensor:
         fits = v.numel() == 0 or int(v.max()) < 2**31
         return v.to(torch.int32 if fits else torch.int64).contiguous()
 
-    save_file({k: small(v) for k, v in selection.items()}, os.fspath(path))
+    tensors = {k: small(v) for k, v in selection.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def load_selection(path: str | os.PathLike) -> Selection:
-    from safetensors.torch import load_file
-
     return dict(load_file(os.fspath(path)))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from huggingface_hub import try_to_load_from_cache
 from peft.config import PeftConfig
 
-from ...adapter_files import LOAD_HINT, SAFETENSORS_NAME
+from ...adapters.files import LOAD_HINT, SAFETENSORS_NAME, read_safetensors_header
 from ...registration import add_peft_type
 
 SOFT_MUSIC_PROMPT = add_peft_type("SOFT_MUSIC_PROMPT")
@@ -37,6 +38,9 @@ class SoftMusicPromptConfig(PeftConfig):
         base_family: Family of the base model the prompt was made for (filled in when attached).
         token_dim: Width of the text encoder the prompt feeds (filled in when attached).
     """
+
+    # On a pipeline the prompt adapts one text encoder, named by `text_encoder` (`musicpeft.adapters`).
+    musicpeft_pipeline_target: ClassVar[str] = "text_encoder"
 
     num_virtual_tokens: int = field(default=30, metadata={"help": "Number of learnable prompt vectors (paper: 30)."})
     init: Literal["random", "text", "vocab"] = field(
@@ -93,8 +97,6 @@ class SoftMusicPromptConfig(PeftConfig):
         if not os.path.isfile(path):
             path = _cached_weights(pretrained_model_name_or_path, subfolder, kwargs)
         if path is not None:
-            from ...adapter_files import read_safetensors_header
-
             config.bind_weights_header(path, read_safetensors_header(path))
         return config
 
@@ -124,8 +126,6 @@ class SoftMusicPromptConfig(PeftConfig):
 
 def _cached_weights(repo_id: str, subfolder: str | None, kwargs: dict[str, Any]) -> str | None:
     """The weights file of a Hub adapter if it is already in the local cache (nothing is downloaded here)."""
-    from huggingface_hub import try_to_load_from_cache
-
     filename = f"{subfolder}/{SAFETENSORS_NAME}" if subfolder else SAFETENSORS_NAME
     try:
         found = try_to_load_from_cache(repo_id, filename, cache_dir=kwargs.get("cache_dir"),

@@ -6,8 +6,12 @@ from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
+from safetensors import safe_open
 from torch import nn
 
+from ...adapters.base import component_family
+from ...adapters.files import AdapterFileError, check_tensor_values
+from ...adapters.strict import check_checkpoint, require_complete
 from ...families import (
     ModelFamily,
     TextEncoderSlot,
@@ -16,7 +20,6 @@ from ...families import (
     get_family,
     get_submodule,
 )
-from ..strict_loading import check_checkpoint, require_complete
 from .layer import CHILD_NAME, SoftPromptLayer
 
 
@@ -26,10 +29,6 @@ def check_weights_file(weights_path: str, header: dict, *, path: str, shape: tup
     Keys and shapes come from the safetensors header (no tensor read); then the one prompt tensor, whose
     size is now known to be the config's, is read and checked for NaN/Inf.
     """
-    from safetensors import safe_open
-
-    from ...adapter_files import AdapterFileError, check_tensor_values
-
     key = f"base_model.model.{path}.{CHILD_NAME}.soft_prompt_embeddings"
     found = {k if k.startswith("base_model.model.") else f"base_model.model.{k}": v for k, v in header.items()}
     try:
@@ -57,8 +56,9 @@ class SoftMusicPromptModel(BaseTuner):
         """Resolve the wrapped encoder from the model family; check family and width before touching a module.
 
         Two cases: the model is a family's root (MusicGen: the prompt wraps `text_encoder`), or the model is
-        one text encoder of a pipeline adapted as its own component (AudioLDM2's T5), recognised by
-        `base_family` + `text_encoder` in the config; then the slot's `component_inner_module` is wrapped.
+        one text encoder of a pipeline adapted as its own component (AudioLDM2's T5), whose family the pipeline
+        host names while attaching (or `base_family` + `text_encoder` of a saved config); then the slot's
+        `component_inner_module` is wrapped.
         """
         family, slot, path = self._resolve_target(config)
         # A pipeline component adapted alone (AudioLDM2's T5) whose token mask the pipeline passes on: the
@@ -90,9 +90,15 @@ class SoftMusicPromptModel(BaseTuner):
         try:
             family = family_of(self.model)
         except UnsupportedModelError:
-            if config.base_family is None or config.text_encoder is None:
+            # One text encoder of a pipeline, adapted as its own component: the pipeline host says which family
+            # it belongs to while attaching; a saved config names it (plain peft loading the component).
+            family = component_family(self.model)
+            if family is None and (config.base_family is None or config.text_encoder is None):
                 raise
-            family = get_family(config.base_family)
+            family = family or get_family(config.base_family)
+            if config.base_family is not None and config.base_family != family.name:
+                raise ValueError(f"This soft prompt was made for the {config.base_family!r} family, but this "
+                                 f"{type(self.model).__name__} is a component of a {family.name!r} pipeline.") from None
             slot = family.text_encoder(config.text_encoder)
             if slot.path_in_component is None:
                 raise

@@ -1,4 +1,4 @@
-"""All-or-nothing writes of a whole adapter folder.
+"""All-or-nothing writes of a whole adapter folder: the one writer of adapter folders in musicpeft.
 
 Writing each file atomically is not enough: a kill between two files leaves new weights beside an old
 config, or (for a pipeline) one component new and one old, and that mix loads without error. So an
@@ -20,9 +20,9 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
-from .adapter_files import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from .files import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from .manifest import MANIFEST_NAME
 
-MANIFEST_NAME = "musicpeft_adapter.json"
 _STAGING = ".musicpeft-staging-"
 _OLD = ".musicpeft-old-"
 # Files a save of an adapter writes (README.md: peft's card); a new save replaces all of them.
@@ -75,7 +75,7 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[str]:
     os.chmod(staging, _folder_mode(directory))  # mkdtemp makes it private (0700)
     try:
         yield staging
-        _swap_in(staging, directory)
+        swap_in(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -89,12 +89,20 @@ def _folder_mode(directory: str) -> int:
     return 0o777 & ~umask
 
 
-def _swap_in(staging: str, directory: str) -> None:
+def swap_in(staging: str | os.PathLike, directory: str | os.PathLike, *, keep_foreign: bool = True) -> None:
+    """Rename the complete folder `staging` to `directory`, replacing what was there, with atomic renames only.
+
+    The old folder is renamed aside first and put back if the second rename fails. With `keep_foreign`,
+    entries of the old folder that are not adapter files move into the new one; without it the old
+    folder is replaced whole (a training run's output folder).
+    """
+    staging, directory = os.fspath(staging), os.path.abspath(os.fspath(directory))
     parent, base = os.path.split(directory)
     if not os.path.isdir(directory):
         os.replace(staging, directory)
         return
-    keep = sorted(set(os.listdir(directory)) - _adapter_entries(directory) - set(os.listdir(staging)))
+    keep = set(os.listdir(directory)) - _adapter_entries(directory) if keep_foreign else set()
+    keep = sorted(keep - set(os.listdir(staging)))
     old = tempfile.mkdtemp(prefix=f".{base}{_OLD}", dir=parent)
     os.rmdir(old)  # only the unique name is wanted: the old folder is renamed onto it
     os.replace(directory, old)

@@ -1,6 +1,7 @@
 """Undo everything a failed adapter load did to a model or pipeline.
 
-`install()` puts the same guarantee on peft's own `PeftModel.from_pretrained` and `load_adapter`.
+`musicpeft.adapters.peft_guards` puts the same guarantee on peft's own `PeftModel.from_pretrained` and
+`load_adapter`.
 
 Attaching an adapter changes the base in place before its weights are read: peft replaces modules with
 wrappers, our soft prompt adds a child and hooks to a text encoder, `requires_grad` flags flip, a
@@ -12,18 +13,25 @@ generates something else than before without any sign of it.
 copy of each dict or set in it: children, parameters, buffers, hooks) and of the given plain objects,
 plus every parameter's `requires_grad`. On an exception it puts all of it back. Tensor contents are not
 copied: the loaders check a file completely before copying any value, so base weights are never written.
+
+Tokenizers (bound to a model, a processor's, a pipeline's) are shared objects whose backend cannot be rolled
+back: for them only the placeholder rules a concept adapter installs are put back, by the concept method's
+own `capture_placeholders`, whichever way the tokenizer was reached.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import types
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..tuners.concept_identifier.placeholders import capture_placeholders
+from .base import bound_tokenizers
 
 
 def _containers(state: dict[str, Any]) -> dict[str, Any]:
@@ -41,15 +49,20 @@ class _Snapshot:
     def __init__(self, objects: list[Any]) -> None:
         self.states: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
         self.grads: list[tuple[nn.Parameter, bool]] = []
+        self.tokenizers: list[Any] = []
         seen: set[int] = set()
-        self._remember_placeholders(objects)
         for obj in objects:
             items = list(obj.modules()) if isinstance(obj, nn.Module) else [obj]
-            if not isinstance(obj, nn.Module):
+            if isinstance(obj, nn.Module):
+                self._add_tokenizers(bound_tokenizers(obj).values())
+            elif not isinstance(obj, PreTrainedTokenizerBase):
                 # A pipeline or processor: its modules, and its other parts (tokenizers, scheduler) one level deep.
                 parts = [v for v in vars(obj).values() if isinstance(v, nn.Module) or _is_plain_object(v)]
                 items += [m for part in parts for m in (part.modules() if isinstance(part, nn.Module) else [part])]
             for item in items:
+                if isinstance(item, PreTrainedTokenizerBase):
+                    self._add_tokenizers([item])
+                    continue
                 if id(item) in seen:
                     continue
                 seen.add(id(item))
@@ -57,28 +70,16 @@ class _Snapshot:
                 self.states.append((item, dict(state), _containers(state)))
                 if isinstance(item, nn.Module):
                     self.grads += [(p, p.requires_grad) for p in item.parameters(recurse=False)]
+        self.restore_tokenizers = [capture_placeholders(tokenizer) for tokenizer in self.tokenizers]
 
-    def _remember_placeholders(self, objects: list[Any]) -> None:
-        # Tokenizers bound for concept placeholders live beside the model: keep only their placeholder rules
-        # (their added tokens cannot be removed, and restoring their other state would desync the backend).
-        from . import concepts
-
-        self.placeholders = [
-            (tok, concepts.placeholder_definitions(tok))
-            for obj in objects if isinstance(obj, nn.Module)
-            for tok in getattr(obj, "_musicpeft_tokenizers", {}).values()
-        ]
-
-    def _restore_placeholders(self) -> None:
-        from . import concepts
-
-        for tokenizer, definitions in self.placeholders:
-            concepts.remove_placeholders(tokenizer)
-            if definitions:
-                concepts.install_placeholders(tokenizer, definitions)
+    def _add_tokenizers(self, tokenizers: Any) -> None:
+        for tokenizer in tokenizers:
+            if all(tokenizer is not known for known in self.tokenizers):
+                self.tokenizers.append(tokenizer)
 
     def restore(self) -> None:
-        self._restore_placeholders()
+        for restore in self.restore_tokenizers:
+            restore()
         for item, state, containers in self.states:
             current = vars(item)
             for key in [k for k in current if k not in state]:
@@ -101,31 +102,3 @@ def restore_on_error(*objects: Any) -> Iterator[None]:
     except BaseException:
         snapshot.restore()
         raise
-
-
-def install() -> None:
-    """Make peft's `PeftModel.from_pretrained` and `PeftModel.load_adapter` undo a refused load (idempotent).
-
-    peft attaches the adapter before it reads the weights; a file our tuners refuse (or that does not
-    fit) would otherwise leave the caller's model half-adapted, with wrappers and frozen weights.
-    """
-    from peft import PeftModel
-
-    current = PeftModel.__dict__["from_pretrained"].__func__
-    if not hasattr(current, "__wrapped__"):
-
-        @functools.wraps(current)
-        def from_pretrained(cls, model, *args, **kwargs):
-            with restore_on_error(model):
-                return current(cls, model, *args, **kwargs)
-
-        PeftModel.from_pretrained = classmethod(from_pretrained)
-    load = PeftModel.load_adapter
-    if not hasattr(load, "__wrapped__"):
-
-        @functools.wraps(load)
-        def load_adapter(self, *args, **kwargs):
-            with restore_on_error(self):
-                return load(self, *args, **kwargs)
-
-        PeftModel.load_adapter = load_adapter
