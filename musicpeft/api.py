@@ -7,9 +7,7 @@ manifest, the folder writer, rollback); this module is the stable place to impor
 
 from __future__ import annotations
 
-from typing import Any
-
-from .adapters.base import family_adapts_components, is_pipeline, peft_model_of, unwrap_model
+from .adapters.base import family_adapts_components, is_pipeline, unwrap_model
 from .adapters.hosts import host_of
 from .adapters.lifecycle import (
     add_adapter,
@@ -18,16 +16,13 @@ from .adapters.lifecycle import (
     resolve_source,
     save_adapter,
     save_peft_adapter,
+    set_active_adapter,
+    unload_adapters,
     write_peft_adapter,
 )
 from .adapters.manifest import MANIFEST_NAME, manifest_payload, write_manifest
 from .adapters.manifest import read_manifest as _read_manifest
 from .families import ModelFamily
-
-
-def _peft_model(obj: Any) -> Any:
-    """The PeftModel adapting a model (kept for importers of the former private name)."""
-    return peft_model_of(obj)
 
 
 def read_manifest(folder: str, family: ModelFamily) -> dict | None:
@@ -47,6 +42,8 @@ __all__ = [
     "resolve_source",
     "save_adapter",
     "save_peft_adapter",
+    "set_active_adapter",
+    "unload_adapters",
     "unwrap_model",
     "write_manifest",
     "write_peft_adapter",

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapters.lifecycle import load_adapter, set_active_adapter, unload_adapters
+from .adapters.manifest import MANIFEST_NAME
 from .families import (
     TINY_AUDIOLDM2,
     TINY_MUSICGEN,
@@ -81,7 +83,6 @@ def load_base(source: str, device: str, dtype: str = "float32") -> LoadedBase:
 
 def _adapter_kind(folder: str) -> tuple:
     """What a PeftModel must share to hold several adapters: (component, peft_type) of every adapted part."""
-    from .api import MANIFEST_NAME  # lazy: api imports the tuners, which import this package's families
 
     components = {".": "."}
     manifest = os.path.join(folder, MANIFEST_NAME)
@@ -108,38 +109,6 @@ def _fingerprint(base: LoadedBase) -> dict[str, tuple]:
     return prints
 
 
-def _activate(base: LoadedBase, name: str) -> Any:
-    """Make adapter ``name`` the active one; returns what generates with it (PeftModel or the pipeline)."""
-    from .api import _peft_model  # lazy: api imports the tuners, which import this package's families
-    from .families.pipeline_adapters import _components  # lazy: it imports api (see above)
-
-    if not base.model_family.is_pipeline:
-        peft_model = _peft_model(base.model)
-        peft_model.set_adapter(name)
-        return peft_model
-    for peft_model in _components(base.model).values():
-        peft_model.set_adapter(name)
-    return base.model
-
-
-def _unload(base: LoadedBase) -> None:
-    """Remove every adapter from the base (nothing was merged, so the base weights are as loaded)."""
-    from .api import _peft_model  # lazy: api imports the tuners, which import this package's families
-    from .families.pipeline_adapters import _components  # lazy: it imports api (see above)
-
-    if not base.model_family.is_pipeline:
-        peft_model = _peft_model(base.model)
-        if peft_model is not None:
-            peft_model.unload()
-            object.__delattr__(base.model, "_musicpeft_peft_model")
-        return
-    components = _components(base.model)
-    for peft_model in components.values():
-        peft_model.unload()
-    components.clear()
-    base.model.__dict__.pop("encode_prompt", None)  # the prompted wrapper of pipeline_adapters
-
-
 def switch_adapters(base: LoadedBase, folders: dict[str, str]) -> Iterator[tuple[str, Any]]:
     """Yield ``(name, model)`` for every adapter, each loaded once onto ``base.model`` and active alone.
 
@@ -149,7 +118,6 @@ def switch_adapters(base: LoadedBase, folders: dict[str, str]) -> Iterator[tuple
     checked to be exactly as it was (no adapter leaks into the next kind). The base itself is
     generated with ``base.model`` before this is called, or after it is exhausted.
     """
-    from .api import load_adapter  # lazy: api imports the tuners, which import this package's families
 
     groups: dict[tuple, list[str]] = {}
     for name, folder in folders.items():
@@ -160,9 +128,9 @@ def switch_adapters(base: LoadedBase, folders: dict[str, str]) -> Iterator[tuple
             for name in names:
                 load_adapter(base.model, folders[name], adapter_name=name)
             for name in names:
-                yield name, _activate(base, name)
+                yield name, set_active_adapter(base.model, name)
         finally:
-            _unload(base)
+            unload_adapters(base.model)
         if _fingerprint(base) != before:
             raise RuntimeError(f"Unloading adapters {names} left the base model changed; evaluation stopped so "
                                "that no adapter's effect is attributed to another.")

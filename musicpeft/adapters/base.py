@@ -42,14 +42,12 @@ def family_adapts_components(family: ModelFamily) -> bool:
 
 def adapted_component(family: ModelFamily) -> str | None:
     """The pipeline component that methods other than soft prompts adapt (AudioLDM2: `unet`); None for models."""
-    return family.extra.get("adapted_component")
+    return family.adapted_component
 
 
 def prepare_pipeline(pipe: Any, family: ModelFamily) -> None:
     """The family's fix-ups of a pipeline, run before an adapter is attached or loaded."""
-    prepare = family.extra.get("prepare")
-    if prepare is not None:
-        prepare(pipe)
+    family.prepare(pipe)
 
 
 def peft_model_of(obj: Any) -> PeftModel | None:
@@ -61,6 +59,11 @@ def remember_peft_model(model: Any, peft_model: PeftModel) -> None:
     """Keep `peft_model` on `model`, so later calls with the bare model find its adapters."""
     # object.__setattr__: nn.Module.__setattr__ would register the PeftModel as a child of its own base model.
     object.__setattr__(model, _PEFT_MODEL, peft_model)
+
+
+def forget_peft_model(model: Any) -> None:
+    """Drop the PeftModel kept on `model` (after its adapters were unloaded)."""
+    model.__dict__.pop(_PEFT_MODEL, None)
 
 
 def unwrap_model(obj: Any) -> Any:

@@ -30,6 +30,7 @@ from .base import (
     WHOLE,
     adapted_component,
     attaching_component,
+    forget_peft_model,
     is_pipeline,
     peft_model_of,
     pipeline_modules,
@@ -96,6 +97,13 @@ class ModelHost:
                             f"{', '.join(kwargs)}.")
         return processor
 
+    def unload(self) -> None:
+        """Remove every adapter and forget the PeftModel (nothing merged: the base weights are as loaded)."""
+        peft_model = peft_model_of(self.obj)
+        if peft_model is not None:
+            peft_model.unload()
+            forget_peft_model(self.obj)
+
 
 class PipelineHost:
     """A diffusers pipeline: one PeftModel per adapted component, or one over several (`WHOLE`)."""
@@ -158,6 +166,14 @@ class PipelineHost:
             raise TypeError(f"load_adapter got unexpected arguments for a {self.family.name} pipeline: "
                             f"{', '.join(kwargs)}.")
         return None
+
+    def unload(self) -> None:
+        """Remove every component's adapters and the prompted `encode_prompt` (nothing merged)."""
+        peft_models = pipeline_peft_models(self.obj)
+        for peft_model in peft_models.values():
+            peft_model.unload()
+        peft_models.clear()
+        self.obj.__dict__.pop("encode_prompt", None)
 
 
 Host = ModelHost | PipelineHost

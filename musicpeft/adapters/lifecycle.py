@@ -217,3 +217,21 @@ def load_adapter(
         ]
         host.after_attach(trainable=is_trainable)
     return model_or_pipe if host.kind == "pipeline" else loaded[0]
+
+
+def set_active_adapter(model_or_pipe: Any, adapter_name: str) -> Any:
+    """Make `adapter_name` the active adapter everywhere it was loaded; returns what generates with it
+    (the model's PeftModel, or the pipeline)."""
+    host = host_of(model_or_pipe)
+    peft_models = host.peft_models()
+    if not peft_models:
+        raise ValueError(f"adapter_name: {adapter_name!r} cannot be activated: no adapter is loaded on "
+                         f"this {type(model_or_pipe).__name__}")
+    for peft_model in peft_models.values():
+        peft_model.set_adapter(adapter_name)
+    return model_or_pipe if host.kind == "pipeline" else next(iter(peft_models.values()))
+
+
+def unload_adapters(model_or_pipe: Any) -> None:
+    """Remove every adapter (nothing merged), leaving the base weights as loaded and musicpeft's hooks gone."""
+    host_of(model_or_pipe).unload()

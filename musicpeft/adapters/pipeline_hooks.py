@@ -133,7 +133,7 @@ class _PromptedEncodePrompt:
 
     def _mask_owner(self) -> tuple[str, Any] | None:
         """(tokenizer attribute, prompt layer) of the slot whose token mask flows downstream (T5)."""
-        slot = self.family.text_encoder(self.family.extra.get("masked_text_encoder", "t5"))
+        slot = self.family.text_encoder(self.family.masked_text_encoder)
         component = pipeline_peft_models(self.pipe).get(slot.component)
         layers = _prompt_layers(component) if component is not None else []
         return (slot.tokenizer, layers[0]) if layers else None

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -267,29 +266,6 @@ class ModelFamily:
                        batch_size: int = 8) -> list[np.ndarray]:
         """One clip per prompt, prompt `i` drawn with `seeds[i]` (see `musicpeft.generation.generate_clips`)."""
         raise NotImplementedError(f"The {self.name} family does not say how to generate clips.")
-
-    # ------------------------------------------------------------------------------------ transitional
-    @property
-    def extra(self) -> Mapping[str, Any]:
-        """Read-only view of the typed fields under the keys of the former untyped `extra` dict.
-
-        Transitional: for callers not yet moved to the typed fields (`adapted_component`,
-        `adapted_component_classes`, `lora_preset_descriptions`, `masked_text_encoder`, `mask_kwarg`,
-        `cross_attention_streams`, `check_layout`, `prepare`). Only keys with a value are present.
-        """
-        view: dict[str, Any] = {"mask_kwarg": self.mask_kwarg, "prepare": self.prepare,
-                                "check_layout": self.check_layout}
-        if self.adapted_component is not None:
-            view["adapted_component"] = self.adapted_component
-            view["adapted_component_classes"] = self.adapted_component_classes
-        if self.lora_preset_descriptions:
-            view["lora_preset_descriptions"] = dict(self.lora_preset_descriptions)
-        if self.masked_text_encoder is not None:
-            view["masked_text_encoder"] = self.masked_text_encoder
-            view["t5_mask_flow"] = self.masked_text_encoder  # a presence marker for older readers
-        if self.cross_attention_streams:
-            view["cross_attention_streams"] = {k: asdict(v) for k, v in self.cross_attention_streams.items()}
-        return MappingProxyType(view)
 
 
 def get_submodule(obj: Any, path: str) -> Any:

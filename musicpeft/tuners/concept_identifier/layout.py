@@ -82,9 +82,8 @@ def layout_of(root: nn.Module) -> Layout:
     """The layout of a MusicGen model or of a `PipelineModules`."""
     family = getattr(root, "musicpeft_family", None)
     if family is None:
-        names = {cls.__name__ for cls in type(root).__mro__}
         for candidate in FAMILIES:
-            if names & set(candidate.extra.get("adapted_component_classes", ())):
+            if candidate.matches_component(root):
                 raise TypeError(
                     f"On {candidate.name} pipelines a concept adapter adapts the {type(root).__name__} and the text "
                     "encoders together: attach, save and load it on the pipeline (musicpeft.add_adapter / "

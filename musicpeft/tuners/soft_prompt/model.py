@@ -64,7 +64,7 @@ class SoftMusicPromptModel(BaseTuner):
         # A pipeline component adapted alone (AudioLDM2's T5) whose token mask the pipeline passes on: the
         # pipeline must grow that mask, which only musicpeft's pipeline wrapper does (see SoftPromptLayer).
         component = path != slot.module and slot.path_in_component == path
-        masked = family.extra.get("masked_text_encoder", "t5") == slot.name and "t5_mask_flow" in family.extra
+        masked = family.masked_text_encoder == slot.name
         self._caller_mask_must_grow = f"{family.name} {slot.component}" if component and masked else None
         # The mask keyword of the adapted model: the family root's, or the text encoder's when adapted alone.
         self._mask_kwarg = slot.mask_kwarg if component else family.mask_kwarg
