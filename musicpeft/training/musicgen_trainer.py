@@ -1,6 +1,6 @@
 """MusicGen on the transformers ``Trainer``: the recipe of the soft-prompt and LoRA papers.
 
-Paper defaults (DESIGN §1, §3; :data:`PAPER_DEFAULTS`): batch 32, learning rate 1e-5, up to 100
+Paper defaults (the soft-prompt and LoRA papers; :data:`PAPER_DEFAULTS`): batch 32, learning rate 1e-5, up to 100
 epochs, early stopping on the validation loss, best checkpoint kept. They are the defaults when
 no ``TrainingArguments`` are given; tests and the tiny demo pass small values instead.
 
@@ -31,13 +31,13 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..errors import ResumeError
+from ..io import atomic_write_text
 from .collator import MusicgenCollator, base_musicgen
 from .finite import check_finite_loss, finite_check_callback
 
@@ -121,10 +121,7 @@ def _musicgen_trainer_class():
             pickled = os.path.join(output_dir, "training_args.bin")
             if os.path.exists(pickled):
                 os.remove(pickled)
-            fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".training_args.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string())
-            os.replace(tmp, os.path.join(output_dir, "training_args.json"))
+            atomic_write_text(os.path.join(output_dir, "training_args.json"), self.args.to_json_string())
 
     return MusicgenTrainer
 
