@@ -12,7 +12,6 @@ Defaults left as None are the papers' (batch size, learning rate, epochs, clip l
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -22,10 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import SchedulerType
 
 from .errors import ResumeError
 from .evaluation import parse_rendered
 from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
+from .io import atomic_write_json
 from .train_output import check_output_dir, make_staging, swap_into_place
 
 METHODS = ("soft_prompt", "lora:<preset>", "full", "concepts", "pivotal", "dreamstyler[:<recipe>]")
@@ -81,6 +82,11 @@ class TrainArguments:
         metadata={"help": "Learning rate; None = the paper's (MusicGen 1e-5, AudioLDM2 5e-5).", "type": float},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the split, rendering, initialisation and training."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "Learning-rate schedule of the soft_prompt / lora / full methods: linear (decay to 0), "
+                  "constant, cosine, ... (transformers' names); the concept recipes keep a constant rate."},
+    )
     early_stopping_patience: int | None = field(
         default=3,
         metadata={"help": "MusicGen: stop after this many evaluations without a lower eval loss; "
@@ -144,6 +150,10 @@ class TrainArguments:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        schedules = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedules:
+            raise ValueError(f"lr_scheduler_type: expected one of {', '.join(schedules)}, "
+                             f"got {self.lr_scheduler_type!r}")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -304,6 +314,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         "per_device_train_batch_size": batch_size,
         "per_device_eval_batch_size": batch_size,
         "learning_rate": args.learning_rate or PAPER_DEFAULTS["learning_rate"],
+        "lr_scheduler_type": args.lr_scheduler_type,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "bf16": args.mixed_precision == "bf16",
         "fp16": args.mixed_precision == "fp16",
@@ -328,6 +339,8 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         "steps": int(trainer.state.global_step),
         "train_loss": _finite(output.training_loss),
         "best_eval_loss": _finite(trainer.state.best_metric),
+        "train_loss_history": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history
+                               if "loss" in e],
         "eval_cross_entropy_before": ce_before,
         "eval_cross_entropy_after": ce_after,
         "adapter_dir": os.path.join(args.output_dir, "decoder") if kind == "full" else args.output_dir,
@@ -354,7 +367,7 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         learning_rate=args.learning_rate or defaults.learning_rate, audio_length_s=clip_seconds, seed=args.seed,
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        latent_cache_dir=encode_cache_dir(args),
+        latent_cache_dir=encode_cache_dir(args), lr_scheduler_type=args.lr_scheduler_type,
     )
     loss_before = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
     torch.manual_seed(args.seed)
@@ -377,6 +390,7 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         "steps": int(history["global_step"]),
         "train_loss": _finite(last),
         "best_eval_loss": _finite(history["best_eval_loss"]),
+        "train_loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history["train_loss"]],
         "eval_loss_before": _finite(loss_before),
         "eval_loss_after": _finite(loss_after),
         "adapter_dir": os.path.join(args.output_dir, "unet") if kind == "full" else args.output_dir,
@@ -416,6 +430,7 @@ def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: 
         "trainable_parameters": int(sum(result.trainable.values())),
         "steps": len(result.losses),
         "train_loss": _finite(result.losses[-1]) if result.losses else None,
+        "train_loss_history": [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)],
         "concept": args.concept,
         # recipe 'full' trains the base to a fixed rare word; the saved tokenizer knows no placeholder
         "placeholder": dargs.rare_tokens[0] if recipe == "full" else word,
@@ -439,16 +454,8 @@ def _save_full_concept(base: LoadedBase, out: str) -> None:
 
 def write_summary(summary: dict, output_dir: str) -> str:
     """``output_dir/train_summary.json``, written atomically."""
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, SUMMARY_FILE)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_json(path, summary)
     return path
 
 
