@@ -23,11 +23,27 @@ import numpy as np
 import torch
 from transformers import SchedulerType
 
+from .api import add_adapter, save_adapter
+from .data.dataset import load_audio_folder, make_rendered_dataset
 from .errors import ResumeError
 from .evaluation import parse_rendered
 from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
 from .io import atomic_write_json
 from .train_output import check_output_dir, make_staging, swap_into_place
+from .training.collator import precompute_codes
+from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
+from .training.dreamstyler import RECIPES, ConceptData, DreamStylerArguments, train_dreamstyler
+from .training.encoding_cache import default_cache_dir
+from .training.musicgen_trainer import (
+    PAPER_DEFAULTS,
+    check_resumable,
+    last_checkpoint,
+    make_musicgen_trainer,
+    token_cross_entropy,
+)
+from .training.presets import list_presets, lora_config, prepare_full_finetune
+from .tuners.concept_identifier.config import placeholder
+from .tuners.soft_prompt import SoftMusicPromptConfig
 
 METHODS = ("soft_prompt", "lora:<preset>", "full", "concepts", "pivotal", "dreamstyler[:<recipe>]")
 # concept methods -> train_dreamstyler recipes (musicpeft/training/dreamstyler.py)
@@ -161,8 +177,6 @@ class TrainArguments:
 def parse_method(method: str) -> tuple[str, str | None]:
     """``"soft_prompt"`` / ``"lora:<preset>"`` / ``"full"`` -> ``(kind, preset or None)``; the concept methods
     give ``("dreamstyler", recipe)``: ``concepts`` = ``tokens_only``, ``pivotal`` = ``dreamstyler``."""
-    from .training.dreamstyler import RECIPES
-
     kind, sep, preset = method.partition(":")
     if kind == "lora" and sep and preset:
         return "lora", preset
@@ -172,8 +186,6 @@ def parse_method(method: str) -> tuple[str, str | None]:
         return "dreamstyler", CONCEPT_METHODS[method]
     if kind == "dreamstyler" and sep and preset in RECIPES:
         return "dreamstyler", preset
-    from .training.presets import list_presets
-
     presets = "; ".join(f"{family}: {', '.join(list_presets(family))}" for family in ("musicgen", "audioldm2"))
     raise ValueError(f"method: unknown {method!r}; known methods: {', '.join(METHODS)} (presets {presets}; "
                      f"recipes {', '.join(sorted(RECIPES))})")
@@ -181,8 +193,6 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 def check_preset(family: str, preset: str) -> None:
     """A clear error naming the family's presets when ``preset`` is not one of them."""
-    from .training.presets import list_presets
-
     known = list_presets(family)
     if preset not in known:
         raise ValueError(f"method: unknown LoRA preset {preset!r} for {family}; known presets: "
@@ -224,8 +234,6 @@ def _check_inputs(args: TrainArguments) -> str:
 def resume_checkpoint(args: TrainArguments) -> str | None:
     """The checkpoint folder ``--resume`` names (``last``: the newest ``checkpoint-<step>`` in
     ``--checkpoint-dir``), checked to hold the optimizer and schedule; None without ``--resume``."""
-    from .training.musicgen_trainer import check_resumable, last_checkpoint
-
     if args.resume is None:
         return None
     path = last_checkpoint(args.checkpoint_dir) if args.resume == "last" else args.resume
@@ -238,8 +246,6 @@ def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: f
 
     The concept methods train on every clip (no eval split: their prompts name a concept the base lacks).
     """
-    from .data.dataset import load_audio_folder, make_rendered_dataset
-
     rendered = parse_rendered(args.data, "data")
     if rendered is not None:
         program, n = rendered
@@ -258,8 +264,6 @@ def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: f
 
 
 def _adapter_config(kind: str, preset: str | None, model_or_pipe: Any, args: TrainArguments):
-    from .training.presets import lora_config
-    from .tuners.soft_prompt import SoftMusicPromptConfig
 
     if kind == "soft_prompt":
         return SoftMusicPromptConfig(num_virtual_tokens=args.num_virtual_tokens)
@@ -273,19 +277,13 @@ def _finite(value: float | None) -> float | None:
 def encode_cache_dir(args: TrainArguments) -> str | None:
     """Where encoded clips are cached: ``--encode-cache``, else ``$MUSICPEFT_CACHE/encoded`` or
     ``~/.cache/musicpeft/encoded``; None when caching is off (``none``)."""
-    from .training.encoding_cache import default_cache_dir
-
     if args.encode_cache is not None:
         return None if args.encode_cache.lower() == "none" else args.encode_cache
     return default_cache_dir()
 
 
 def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, out: str, scratch: str) -> dict:
-    import musicpeft
 
-    from .training.collator import precompute_codes
-    from .training.musicgen_trainer import PAPER_DEFAULTS, make_musicgen_trainer, token_cross_entropy
-    from .training.presets import prepare_full_finetune
 
     kind, preset = parse_method(args.method)
     model, processor = base.model, base.processor
@@ -306,7 +304,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         trained = model
         trainable = sum(p.numel() for p in prepare_full_finetune(model))
     else:
-        trained = musicpeft.add_adapter(model, _adapter_config(kind, preset, model, args))
+        trained = add_adapter(model, _adapter_config(kind, preset, model, args))
         trainable = trained.get_nb_trainable_parameters()[0]
     overrides: dict[str, Any] = {
         "output_dir": args.checkpoint_dir or scratch,
@@ -333,7 +331,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         if kind == "full":
             trained.decoder.save_pretrained(os.path.join(out, "decoder"), safe_serialization=True)
         else:
-            musicpeft.save_adapter(trained, out)
+            save_adapter(trained, out)
     return {
         "trainable_parameters": int(trainable),
         "steps": int(trainer.state.global_step),
@@ -350,10 +348,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
 
 
 def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, clip_seconds: float, out: str) -> dict:
-    import musicpeft
 
-    from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
-    from .training.presets import prepare_full_finetune
 
     kind, preset = parse_method(args.method)
     pipe = base.model
@@ -375,7 +370,7 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
     if kind == "full":
         params = prepare_full_finetune(pipe)
     else:
-        musicpeft.add_adapter(pipe, _adapter_config(kind, preset, pipe, args))
+        add_adapter(pipe, _adapter_config(kind, preset, pipe, args))
     trainable = sum(p.numel() for p in resolve_trainable(pipe, params).values())
     history = train_audioldm2(pipe, train, eval_dataset=eval_data, args=dargs, trainable_parameters=params)
     loss_after = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
@@ -383,7 +378,7 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         if kind == "full":
             pipe.unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
         else:
-            musicpeft.save_adapter(pipe, out)
+            save_adapter(pipe, out)
     last = history["train_loss"][-1]["loss"] if history["train_loss"] else None
     return {
         "trainable_parameters": int(trainable),
@@ -401,11 +396,6 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
 
 def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: float, out: str) -> dict:
     """``concepts`` / ``pivotal`` / ``dreamstyler[:<recipe>]``: :func:`train_dreamstyler` on every clip."""
-    import musicpeft
-
-    from .training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
-    from .tuners.concept_identifier.config import placeholder
-
     _, recipe = parse_method(args.method)
     word = placeholder(args.concept)
     defaults = DreamStylerArguments()
@@ -425,7 +415,7 @@ def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: 
         if recipe == "full":
             _save_full_concept(base, out)
         else:  # a pipeline saves through itself (one folder per adapted component)
-            musicpeft.save_adapter(base.model if base.processor is None else result.model, out)
+            save_adapter(base.model if base.processor is None else result.model, out)
     return {
         "trainable_parameters": int(sum(result.trainable.values())),
         "steps": len(result.losses),
@@ -539,8 +529,6 @@ def run_training(args: TrainArguments) -> dict:
 
 
 def _audioldm2_clip_seconds() -> float:
-    from .training.diffusion import DiffusionTrainingArguments
-
     return float(DiffusionTrainingArguments().audio_length_s)
 
 
