@@ -12,6 +12,9 @@ MusicGen, token cross-entropy on held-out clips says whether the adapter models 
 The report (:func:`~musicpeft.metrics.report.write_report` plus a setup and a cross-entropy section)
 and the generated wavs land in ``output_dir``.
 
+Generation (per model) and scoring show progress bars on stderr (:mod:`musicpeft.training.progress`: off when
+stderr is not a terminal or with ``TQDM_DISABLE=1``); standard output keeps only the summary lines.
+
 How clips are generated reproducibly for each family: :mod:`musicpeft.generation`.
 """
 
