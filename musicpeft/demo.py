@@ -31,13 +31,15 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from transformers import MusicgenConfig
 
 from .evaluation import TINY_CLAP_TRAINED, EvaluateArguments, run_evaluation
 from .generation import TINY_MUSICGEN_TRAINED
 from .io import atomic_write, atomic_write_json, atomic_write_text
+from .tiny import load_instrument_classifier, trained_musicgen_path
 from .tiny.world import world_clips
 from .train_cli import TrainArguments, run_training
-from .world_eval import classifier_scores, load_micro_world
+from .world_eval import classifier_scores, trained_models_available
 
 METRICS = (
     ("clap_score", "CLAP score vs. the koto prompt", "higher"),
@@ -168,9 +170,12 @@ def run_demo(args: DemoArguments) -> dict:
     started = time.time()
     os.makedirs(args.output_dir, exist_ok=True)
     torch.set_num_threads(args.threads)
-    print("musicpeft demo: loading the shipped tiny MusicGen's instrument classifier (trained offline)")
-    world = load_micro_world()
-    rate = world.sampling_rate
+    if not trained_models_available():
+        raise RuntimeError("the demo needs the trained tiny models shipped in musicpeft.tiny, which this "
+                           "installation lacks")
+    print("musicpeft demo: the shipped tiny MusicGen (trained offline) learns koto; its instrument classifier judges")
+    classifier = load_instrument_classifier()
+    rate = int(MusicgenConfig.from_pretrained(trained_musicgen_path()).audio_encoder.sampling_rate)
     print(f"Rendering {args.train_clips} training and {args.heldout_clips} held-out {args.instrument} clips")
     train_rows, heldout_rows = _koto_data(args, rate)
     data_dir = os.path.join(args.output_dir, "data")
@@ -200,7 +205,7 @@ def run_demo(args: DemoArguments) -> dict:
         score_reference=True,
     )
     evaluated = run_evaluation(
-        eval_args, extra_scores=lambda clips, _: classifier_scores(world.classifier, args.instrument, clips, rate))
+        eval_args, extra_scores=lambda clips, _: classifier_scores(classifier, args.instrument, clips, rate))
     payload = json.loads(open(evaluated["results_json"], encoding="utf-8").read())
     results, cross_entropy = payload["results"], payload["token_cross_entropy"]
     before_scores = _side(results[BEFORE], cross_entropy[BEFORE])
