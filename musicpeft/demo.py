@@ -1,18 +1,21 @@
 """The offline demo: teach the shipped tiny MusicGen an instrument it never heard (koto) with a soft prompt.
 
-The base (``musicpeft.tiny.load_trained_musicgen``) was trained on rendered music of the base instruments
-only; koto clips never reached it. The demo renders koto clips of the training pieces, encodes them once
-with the base's own codec, trains a ``SoftMusicPromptConfig`` with the library's Trainer recipe, saves it,
-reloads it with ``PeftModel.from_pretrained`` and compares the base with and without the prompt on the
-same koto prompts, seed and held-out pieces, using tools trained independently of the generator:
+The base (``tiny-musicgen-trained``, :func:`musicpeft.tiny.load_trained_musicgen`) was trained on rendered
+music of the base instruments only; koto clips never reached it. The demo renders koto clips of training
+and held-out pieces into audio folders (``data/``), then runs exactly what a user would type:
 
-* CLAP score of the generated clips against their koto prompts (the shipped tiny CLAP);
-* how often the instrument classifier labels a generated clip "koto", and its mean koto probability;
-* KLD of audio features against held-out koto clips (lower = closer);
-* token cross-entropy of held-out koto clips (lower = the model predicts real koto better).
+* ``musicpeft train`` (:func:`musicpeft.train_cli.run_training`): a ``SoftMusicPromptConfig`` on the training
+  folder, saved as an adapter folder;
+* ``musicpeft evaluate`` (:func:`musicpeft.evaluation.run_evaluation`): the base without and with the prompt,
+  loaded from disk, on the same koto prompts and seeds, scored with tools trained independently of the
+  generator: CLAP score against the prompts and audio alignment with the held-out clips (the shipped tiny
+  CLAP), KLD of audio features against the held-out clips, token cross-entropy of the held-out clips, and
+  (through ``extra_scores``) how often the shipped instrument classifier hears koto.
 
-The same scores of the held-out koto clips themselves are reported as the ceiling. Nothing is
-downloaded; a few minutes on 2 CPU cores.
+The held-out clips scored like generated ones (``--score-reference``) are the ceiling. The demo's own
+report (``report.md`` / ``report.json``, ``spectrograms.png``, ``before.wav`` / ``after.wav`` /
+``reference.wav``) puts the before/after numbers side by side and lists the commands that reproduce them.
+Nothing is downloaded; a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -20,12 +23,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
+from transformers import MusicgenConfig
+
+from .evaluation import TINY_CLAP_TRAINED, EvaluateArguments, run_evaluation
+from .generation import TINY_MUSICGEN_TRAINED
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .tiny import load_instrument_classifier, trained_musicgen_path
+from .tiny.world import world_clips
+from .train_cli import TrainArguments, run_training
+from .world_eval import classifier_scores, trained_models_available
 
 METRICS = (
     ("clap_score", "CLAP score vs. the koto prompt", "higher"),
@@ -34,6 +48,7 @@ METRICS = (
     ("classifier_probability", "classifier probability of the concept (mean)", "higher"),
     ("kld", "KLD of audio features to held-out clips (nats)", "lower"),
 )
+BEFORE = "base"  # musicpeft evaluate's name of the base model
 
 
 @dataclass
@@ -54,17 +69,8 @@ class DemoArguments:
 
 
 def _write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
-    import soundfile as sf
-
-    tmp = path + ".tmp.wav"
-    sf.write(tmp, np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, subtype="FLOAT")
-    os.replace(tmp, path)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(path + ".tmp", path)
+    samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+    atomic_write(path, lambda tmp: sf.write(tmp, samples, sample_rate, subtype="FLOAT"))
 
 
 def _figure(path: str, clips: dict[str, np.ndarray], rate: int, losses: list[tuple[int, float]], title: str) -> None:
@@ -92,14 +98,11 @@ def _figure(path: str, clips: dict[str, np.ndarray], rate: int, losses: list[tup
     ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def _koto_data(args: DemoArguments, rate: int) -> tuple[list[dict], list[dict]]:
-    from .tiny.world import world_clips
-
     train = world_clips(args.instrument, "train", args.train_clips, args.seconds, rate, seed=args.seed)
     heldout = world_clips(args.instrument, "heldout", args.heldout_clips, args.seconds, rate, seed=args.seed)
     if not train or not heldout:
@@ -107,57 +110,117 @@ def _koto_data(args: DemoArguments, rate: int) -> tuple[list[dict], list[dict]]:
     return train, heldout
 
 
+def write_audio_folder(folder: str, rows: list[dict], rate: int) -> str:
+    """``rows`` (``audio`` + ``text``) as 32-bit float wavs plus ``metadata.jsonl``: the folder layout that
+    ``musicpeft train --data`` and ``musicpeft evaluate --reference/--heldout`` read."""
+    records = []
+    for i, row in enumerate(rows):
+        name = f"{i:03d}.wav"
+        _write_wav(os.path.join(folder, name), row["audio"], rate)
+        records.append(json.dumps({"file_name": name, "text": row["text"]}, ensure_ascii=False))
+    atomic_write_text(os.path.join(folder, "metadata.jsonl"), "\n".join(records) + "\n")
+    return folder
+
+
+def _command(name: str, args: Any, defaults: Any) -> str:
+    """``musicpeft <name> ...`` with the flags that give the dataclass ``args`` its values (flags left at the
+    ``defaults`` instance's values are left out, required ones never)."""
+    parts = ["musicpeft", name]
+    for f in fields(args):
+        value = getattr(args, f.name)
+        required = f.default is MISSING and f.default_factory is MISSING
+        if not required and value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        else:
+            parts += [flag, *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return shlex.join(parts)
+
+
+def _side(result: dict, cross_entropy: dict | None) -> dict[str, Any]:
+    """One column of the demo's table from a ``musicpeft evaluate`` result (plus the classifier's extras)."""
+    extra = result.get("extra_scores") or {}
+    side = {
+        "clap_score": result["clap_score"],
+        "audio_alignment": result["audio_alignment"],
+        "kld": result["kld"],
+        "kld_per_feature": {k: v for k, v in (result.get("kld_per_feature") or {}).items()
+                            if k in ("mfcc", "chroma", "spectral", "zcr")},
+        "classifier_rate": extra["classifier_rate"],
+        "classifier_probability": extra["classifier_probability"],
+        "classifier_labels": extra["classifier_labels"],
+        "num_clips": result["num_items"],
+        "num_scored": result["num_scored"],
+    }
+    if cross_entropy is not None:
+        side.update(heldout_cross_entropy=cross_entropy["cross_entropy"],
+                    heldout_perplexity=cross_entropy["perplexity"])
+    return side
+
+
+def _first_clip(evaluation_dir: str, clips: dict[str, list[str]], name: str) -> np.ndarray:
+    audio, _ = sf.read(os.path.join(evaluation_dir, clips[name][0]), dtype="float32")
+    return audio
+
+
 def run_demo(args: DemoArguments) -> dict:
     """Run the demo and return the report dict (also written to ``output_dir/report.json``)."""
-    from peft import PeftModel
-
-    from . import save_adapter
-    from .training.musicgen_trainer import token_cross_entropy
-    from .world_eval import ConceptScorer, codes_dataset, generate, load_micro_world, train_soft_prompt
-
     started = time.time()
     os.makedirs(args.output_dir, exist_ok=True)
     torch.set_num_threads(args.threads)
-    print("musicpeft demo: loading the shipped tiny MusicGen, CLAP and instrument classifier (trained offline)")
-    world = load_micro_world()
-    rate = world.sampling_rate
+    if not trained_models_available():
+        raise RuntimeError("the demo needs the trained tiny models shipped in musicpeft.tiny, which this "
+                           "installation lacks")
+    print("musicpeft demo: the shipped tiny MusicGen (trained offline) learns koto; its instrument classifier judges")
+    classifier = load_instrument_classifier()
+    rate = int(MusicgenConfig.from_pretrained(trained_musicgen_path()).audio_encoder.sampling_rate)
     print(f"Rendering {args.train_clips} training and {args.heldout_clips} held-out {args.instrument} clips")
     train_rows, heldout_rows = _koto_data(args, rate)
-    train = codes_dataset(train_rows, world.model)
-    heldout = codes_dataset(heldout_rows, world.model)
-    scorer = ConceptScorer(world, args.instrument, [r["audio"] for r in heldout_rows], rate)
+    data_dir = os.path.join(args.output_dir, "data")
+    train_dir = write_audio_folder(os.path.join(data_dir, "train"), train_rows, rate)
+    heldout_dir = write_audio_folder(os.path.join(data_dir, "heldout"), heldout_rows, rate)
     prompts = [heldout_rows[i % len(heldout_rows)]["text"] for i in range(args.generations)]
-
-    def measure(model: Any) -> tuple[dict, list[np.ndarray]]:
-        clips = generate(model, world.processor, prompts, args.seconds, args.seed, args.guidance_scale)
-        scores = scorer.score(clips, prompts)
-        ce = token_cross_entropy(model, world.processor, heldout, batch_size=args.batch_size)
-        scores.update(heldout_cross_entropy=ce["cross_entropy"], heldout_perplexity=ce["perplexity"])
-        return scores, clips
-
-    print("Scoring the base on koto prompts (before)")
-    before, before_clips = measure(world.model)
-    ceiling = scorer.score([r["audio"] for r in heldout_rows], [r["text"] for r in heldout_rows])
-
-    print(f"Training a soft prompt ({args.num_virtual_tokens} vectors) for {args.steps} steps")
-    peft_model, trainer = train_soft_prompt(
-        world.fresh_model(), world.processor, train, steps=args.steps, learning_rate=args.learning_rate,
-        batch_size=args.batch_size, num_virtual_tokens=args.num_virtual_tokens, seed=args.seed,
-        output_dir=args.output_dir,
-    )
+    prompts_file = os.path.join(data_dir, "prompts.json")
+    atomic_write_json(prompts_file, {args.instrument: prompts})
     adapter_dir = os.path.join(args.output_dir, f"{args.instrument}-prompt")
-    save_adapter(peft_model, adapter_dir)
-    reloaded = PeftModel.from_pretrained(world.fresh_model(), adapter_dir).eval()
-    print("Scoring the base + soft prompt (after), reloaded from disk")
-    after, after_clips = measure(reloaded)
+    after = os.path.basename(adapter_dir)  # musicpeft evaluate names the adapter after its folder
+
+    print(f"\n== musicpeft train: a soft prompt ({args.num_virtual_tokens} vectors), {args.steps} steps")
+    train_args = TrainArguments(
+        base=TINY_MUSICGEN_TRAINED, data=train_dir, output_dir=adapter_dir, method="soft_prompt",
+        num_virtual_tokens=args.num_virtual_tokens, clip_seconds=args.seconds, eval_fraction=0.0,
+        max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        lr_scheduler_type="constant", seed=args.seed, overwrite=True,
+    )
+    summary = run_training(train_args)
+
+    print("\n== musicpeft evaluate: the base before and after (the prompt reloaded from disk)")
+    evaluation_dir = os.path.join(args.output_dir, "evaluation")
+    eval_args = EvaluateArguments(
+        base=TINY_MUSICGEN_TRAINED, adapters=[adapter_dir], prompts=prompts_file, reference=heldout_dir,
+        heldout=heldout_dir, clap_model=TINY_CLAP_TRAINED, seconds=args.seconds, seed=args.seed,
+        guidance_scale=args.guidance_scale, output_dir=evaluation_dir, batch_size=min(16, args.generations),
+        score_reference=True,
+    )
+    evaluated = run_evaluation(
+        eval_args, extra_scores=lambda clips, _: classifier_scores(classifier, args.instrument, clips, rate))
+    payload = json.loads(open(evaluated["results_json"], encoding="utf-8").read())
+    results, cross_entropy = payload["results"], payload["token_cross_entropy"]
+    before_scores = _side(results[BEFORE], cross_entropy[BEFORE])
+    after_scores = _side(results[after], cross_entropy[after])
+    ceiling = _side(payload["reference_scores"], None)
 
     wavs = {name: os.path.join(args.output_dir, f"{name}.wav") for name in ("before", "after", "reference")}
-    _write_wav(wavs["before"], before_clips[0], rate)
-    _write_wav(wavs["after"], after_clips[0], rate)
+    clips = payload["setup"]["clips"]
+    before_clip, after_clip = _first_clip(evaluation_dir, clips, BEFORE), _first_clip(evaluation_dir, clips, after)
+    _write_wav(wavs["before"], before_clip, rate)
+    _write_wav(wavs["after"], after_clip, rate)
     _write_wav(wavs["reference"], heldout_rows[0]["audio"], rate)
-    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    losses = [(e["step"], e["loss"]) for e in summary["train_loss_history"]]
     figure = os.path.join(args.output_dir, "spectrograms.png")
-    _figure(figure, {f"before: base, '{prompts[0]}'": before_clips[0], "after: base + soft prompt": after_clips[0],
+    _figure(figure, {f"before: base, '{prompts[0]}'": before_clip, "after: base + soft prompt": after_clip,
                      f"reference: held-out {args.instrument}": heldout_rows[0]["audio"]}, rate, losses,
             f"Teaching the tiny MusicGen {args.instrument} with a soft prompt")
     report = {
@@ -166,17 +229,23 @@ def run_demo(args: DemoArguments) -> dict:
         "instrument": args.instrument,
         "arguments": asdict(args),
         "prompts": prompts,
-        "before": before,
-        "after": after,
+        "before": before_scores,
+        "after": after_scores,
         "heldout_clips": ceiling,
-        "improved": _improved(before, after),
+        "improved": _improved(before_scores, after_scores),
         "adapter_dir": adapter_dir,
         "adapter_bytes": os.path.getsize(os.path.join(adapter_dir, "adapter_model.safetensors")),
-        "trainable_parameters": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
+        "trainable_parameters": summary["trainable_parameters"],
         "first_logged_loss": losses[0][1] if losses else math.nan,
         "last_logged_loss": losses[-1][1] if losses else math.nan,
         "wavs": wavs,
         "figure": figure,
+        "data_dir": data_dir,
+        "evaluation_dir": evaluation_dir,
+        "train_summary": summary["summary_file"],
+        "commands": {"train": _command("train", train_args, TrainArguments(base="-", data="-")),
+                     "evaluate": _command("evaluate", eval_args,
+                                          EvaluateArguments(base="-", adapters=["-"], prompts="-", reference="-"))},
         "seconds": round(time.time() - started, 1),
     }
     _write_report(args.output_dir, report)
@@ -221,9 +290,13 @@ def format_summary(report: dict) -> str:
 
 
 def _write_report(output_dir: str, report: dict) -> None:
-    _write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
+    atomic_write_json(os.path.join(output_dir, "report.json"), report)
     args = report["arguments"]
     worse = [k for k, v in report["improved"].items() if not v]
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, output_dir)
+
     lines = [
         "# musicpeft demo report",
         "",
@@ -244,6 +317,24 @@ def _write_report(output_dir: str, report: dict) -> None:
         "",
         "Audio: `before.wav` (base), `after.wav` (base + soft prompt, same prompt and seed), `reference.wav` "
         f"(a held-out {report['instrument']} clip). Prompts: " + "; ".join(sorted(set(report["prompts"]))) + ".",
+        "",
+        "## What ran, and the files it left",
+        "",
+        "The demo runs the package's own commands; these reproduce it (the instrument classifier's scores are the "
+        "demo's addition, through `run_evaluation(..., extra_scores=...)`):",
+        "",
+        "```",
+        report["commands"]["train"],
+        report["commands"]["evaluate"],
+        "```",
+        "",
+        f"- `{rel(report['data_dir'])}/`: the rendered clips (`train/`, `heldout/`: wavs + metadata.jsonl) and "
+        "`prompts.json`;",
+        f"- `{rel(report['adapter_dir'])}/`: the trained adapter and `train_summary.json` (musicpeft train);",
+        f"- `{rel(report['evaluation_dir'])}/`: musicpeft evaluate's report (report.md, results.json, plots, "
+        "every generated clip under audio/);",
+        "- `report.md`, `report.json`, `spectrograms.png`, `before.wav`, `after.wav`, `reference.wav`: this report.",
+        "",
         f"Run time: {report['seconds']} s.",
     ]
-    _write_text(os.path.join(output_dir, "report.md"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(output_dir, "report.md"), "\n".join(lines) + "\n")

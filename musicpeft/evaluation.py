@@ -12,6 +12,9 @@ MusicGen, token cross-entropy on held-out clips says whether the adapter models 
 The report (:func:`~musicpeft.metrics.report.write_report` plus a setup and a cross-entropy section)
 and the generated wavs land in ``output_dir``.
 
+Generation (per model) and scoring show progress bars on stderr (:mod:`musicpeft.training.progress`: off when
+stderr is not a terminal or with ``TQDM_DISABLE=1``); standard output keeps only the summary lines.
+
 How clips are generated reproducibly for each family: :mod:`musicpeft.generation`.
 """
 
@@ -20,12 +23,18 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .adapter_files import AdapterFileError
+from .api import resolve_source
+from .data.audio import load_audio
+from .data.dataset import load_audio_folder, make_rendered_dataset
+from .evaluation_report import summary_rows, write_evaluation_report
 from .families import LOSS_CODEC_TOKENS, get_family
 from .generation import (
     DTYPES,
@@ -39,7 +48,11 @@ from .generation import (
     save_clips,
     switch_adapters,
 )
+from .metrics import ReferenceSet, compute_clap_kld, load_clap_backend
 from .prompt_sets import PromptSet, load_prompt_set
+from .tiny import tiny_clap, tiny_clap_processor, trained_clap_path
+from .training.musicgen_trainer import token_cross_entropy
+from .training.progress import progress_bar
 
 TINY_CLAP = "tiny"
 # The shipped tiny CLAP trained on the micro-world (musicpeft.tiny.trained), a judge that knows its instruments.
@@ -111,6 +124,12 @@ class EvaluateArguments:
         default=None, metadata={"help": "Torch device (default: cuda when available, else cpu).", "type": str}
     )
     dtype: str = field(default="float32", metadata={"help": f"Base model dtype: {', '.join(DTYPES)}."})
+    score_reference: bool = field(
+        default=False,
+        metadata={"help": "Also score the reference clips themselves, each against its caption (metadata.jsonl or "
+                  "rendered) or else the prompts in turn: what real audio scores, for scale (results.json "
+                  "'reference_scores').", "action": "store_true"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.adapters, str):
@@ -183,11 +202,10 @@ def load_clips(spec: str, sampling_rate: int, seconds: float, seed: int, what: s
 
     A folder with ``metadata.jsonl`` goes through :func:`~musicpeft.data.dataset.load_audio_folder`
     (whole files as recorded, no normalisation; held-out files in chunks of at most 30 s); without
-    one, every audio file in it is read (only for the reference: cross-entropy needs prompts).
+    one, every audio file in it is read (only for the reference: cross-entropy needs prompts). The
+    second item is the dataset with the clips' captions (``text``) when the source has them (a
+    ``metadata.jsonl`` folder or rendered clips), else None.
     """
-    from .data.audio import load_audio
-    from .data.dataset import load_audio_folder, make_rendered_dataset
-
     rendered = parse_rendered(spec, what)
     if rendered is not None:
         program, n = rendered
@@ -206,25 +224,19 @@ def load_clips(spec: str, sampling_rate: int, seconds: float, seed: int, what: s
             raise FileNotFoundError(f"{what}: {spec} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
         return [load_audio(os.path.join(spec, name), sample_rate=sampling_rate)[0] for name in files], None
     clips = [np.asarray(row["audio"], dtype=np.float32) for row in data]
-    return clips, (data if need_text else None)
+    return clips, data
 
 
 # ---------------------------------------------------------------- the run
 
 
 def _clap_backend(args: EvaluateArguments, device: str):
-    from .metrics import load_clap_backend
-
     if args.clap_model == TINY_CLAP:
-        from .tiny import tiny_clap, tiny_clap_processor
-
         backend = load_clap_backend(tiny_clap(), tiny_clap_processor(), device=device, batch_size=args.batch_size,
                                     seed=args.seed)
         backend.name = "tiny CLAP (random weights)"
         return backend
     if args.clap_model == TINY_CLAP_TRAINED:
-        from .tiny import trained_clap_path
-
         return load_clap_backend(trained_clap_path(), device=device, batch_size=args.batch_size, seed=args.seed)
     return load_clap_backend(args.clap_model, device=device, batch_size=args.batch_size, seed=args.seed)
 
@@ -246,9 +258,6 @@ def _check_inputs(args: EvaluateArguments) -> tuple[PromptSet, dict[str, str]]:
 
 def _resolve_adapters(sources: dict[str, str]) -> dict[str, str]:
     """Local folders for every adapter (Hub ids are fetched now, before any generation)."""
-    from .adapter_files import AdapterFileError
-    from .api import resolve_source
-
     folders = {}
     for name, source in sources.items():
         try:
@@ -258,50 +267,84 @@ def _resolve_adapters(sources: dict[str, str]) -> dict[str, str]:
     return folders
 
 
+ExtraScores = Callable[[list[np.ndarray], list[str]], Mapping[str, Any]]
+
+
 @dataclass
-class _Scoring:
-    """What every model is scored against, built once."""
+class Scoring:
+    """What every model is scored against, built once per run (:func:`prepare_scoring`)."""
 
-    reference: Any
+    reference: Any  # a musicpeft.metrics.ReferenceSet
     reference_clips: list[np.ndarray]
-    heldout: Any
-    clap: Any
+    reference_texts: list[str] | None  # the reference clips' captions, when the source has them
+    heldout: Any  # a datasets.Dataset with text and audio, or None
+    clap: Any  # a musicpeft.metrics.clap backend
 
 
-def _prepare_scoring(args: EvaluateArguments, base: LoadedBase, device: str) -> _Scoring:
-    from .metrics import ReferenceSet
-
-    rate = base.sampling_rate
-    clips, _ = load_clips(args.reference, rate, args.seconds, args.seed, "reference")
-    reference = ReferenceSet(clips, sampling_rate=rate, silence_threshold=args.silence_threshold)
+def prepare_scoring(args: EvaluateArguments, sampling_rate: int, device: str) -> Scoring:
+    """Load the reference (and held-out) clips at ``sampling_rate`` and the CLAP model of ``args``."""
+    clips, data = load_clips(args.reference, sampling_rate, args.seconds, args.seed, "reference")
+    reference = ReferenceSet(clips, sampling_rate=sampling_rate, silence_threshold=args.silence_threshold)
+    texts = list(data["text"]) if data is not None and "text" in data.column_names else None
     heldout = None
     if args.heldout is not None:
-        _, heldout = load_clips(args.heldout, rate, args.seconds, args.seed + 1, "heldout", need_text=True)
-    return _Scoring(reference, clips, heldout, _clap_backend(args, device))
+        _, heldout = load_clips(args.heldout, sampling_rate, args.seconds, args.seed + 1, "heldout", need_text=True)
+    return Scoring(reference, clips, texts, heldout, _clap_backend(args, device))
+
+
+def score_clips(clips: Sequence[np.ndarray], prompts: Sequence[str], scoring: Scoring, sampling_rate: int, *,
+                batch_size: int = 8, seed: int = 0, silence_threshold: float = 1e-4,
+                extra_scores: ExtraScores | None = None) -> dict[str, Any]:
+    """``clap_kld`` of ``clips`` (one per prompt) against ``scoring``'s reference and CLAP model, plus
+    ``extra_scores(clips, prompts)`` under the key ``extra_scores``: every model of a run is scored by this."""
+    clips = [np.asarray(c, dtype=np.float32) for c in clips]
+    result = compute_clap_kld(clips, list(prompts), scoring.reference, sampling_rate=sampling_rate,
+                              clap_model=scoring.clap, batch_size=batch_size, seed=seed,
+                              silence_threshold=silence_threshold)
+    if extra_scores is not None:
+        result["extra_scores"] = dict(extra_scores(clips, list(prompts)))
+    return result
+
+
+def _generate(name: str, model: Any, base: LoadedBase, prompts: list[str], seeds: list[int], guidance: float,
+              args: EvaluateArguments) -> list[np.ndarray]:
+    """:func:`~musicpeft.generation.generate_clips` a batch at a time under a progress bar (a prompt's clip
+    does not depend on its batch, so this is the same as one call)."""
+    clips: list[np.ndarray] = []
+    with progress_bar(total=len(prompts), desc=f"Generating ({name})", unit="clip") as bar:
+        for start in range(0, len(prompts), args.batch_size):
+            stop = min(start + args.batch_size, len(prompts))
+            clips += generate_clips(base, model, prompts[start:stop], seeds[start:stop], seconds=args.seconds,
+                                    guidance_scale=guidance, num_inference_steps=args.num_inference_steps,
+                                    batch_size=args.batch_size)
+            bar.update(stop - start)
+    return clips
 
 
 def _evaluate_model(name: str, model: Any, base: LoadedBase, prompt_set: PromptSet, seeds: list[int],
-                    guidance: float, scoring: _Scoring, args: EvaluateArguments, timings: dict) -> dict:
+                    guidance: float, scoring: Scoring, args: EvaluateArguments, timings: dict,
+                    extra_scores: ExtraScores | None = None) -> dict:
     """Generate (and save) the clips of one model, score them, and its cross-entropy if asked."""
-    from .metrics import compute_clap_kld
-    from .training.musicgen_trainer import token_cross_entropy
-
     prompts, categories = list(prompt_set.prompts), list(prompt_set.categories)
     tick = time.time()
-    clips = generate_clips(base, model, prompts, seeds, seconds=args.seconds, guidance_scale=guidance,
-                           num_inference_steps=args.num_inference_steps, batch_size=args.batch_size)
+    clips = _generate(name, model, base, prompts, seeds, guidance, args)
     timings[f"generate_{name}"] = time.time() - tick
     wavs = save_clips(clips, os.path.join(args.output_dir, "audio", name), categories, base.sampling_rate)
     cross_entropy = None
-    if scoring.heldout is not None:
+    stages = (["token cross-entropy"] if scoring.heldout is not None else []) + ["CLAP and KLD"]
+    with progress_bar(total=len(stages), desc=f"Scoring ({name})", unit="stage") as bar:
+        if scoring.heldout is not None:
+            bar.set_postfix_str(stages[0])
+            tick = time.time()
+            cross_entropy = token_cross_entropy(model, base.processor, scoring.heldout, batch_size=args.batch_size)
+            timings[f"cross_entropy_{name}"] = time.time() - tick
+            bar.update(1)
+        bar.set_postfix_str(stages[-1])
         tick = time.time()
-        cross_entropy = token_cross_entropy(model, base.processor, scoring.heldout, batch_size=args.batch_size)
-        timings[f"cross_entropy_{name}"] = time.time() - tick
-    tick = time.time()
-    result = compute_clap_kld(clips, prompts, scoring.reference, sampling_rate=base.sampling_rate,
-                              clap_model=scoring.clap, batch_size=args.batch_size, seed=args.seed,
-                              silence_threshold=args.silence_threshold)
-    timings[f"score_{name}"] = time.time() - tick
+        result = score_clips(clips, prompts, scoring, base.sampling_rate, batch_size=args.batch_size, seed=args.seed,
+                             silence_threshold=args.silence_threshold, extra_scores=extra_scores)
+        timings[f"score_{name}"] = time.time() - tick
+        bar.update(1)
     if result["excluded"]:
         first = result["excluded"][0]
         print(f"  warning: {len(result['excluded'])} of {len(prompts)} {name} clips are not scored, e.g. item "
@@ -311,10 +354,26 @@ def _evaluate_model(name: str, model: Any, base: LoadedBase, prompt_set: PromptS
     return {"clips": clips, "wavs": wavs, "result": result, "cross_entropy": cross_entropy}
 
 
-def run_evaluation(args: EvaluateArguments) -> dict:
-    """Generate, score and report; returns ``{"files", "summary", "results_json", "seconds"}``."""
-    from .evaluation_report import summary_rows, write_evaluation_report
+def _score_reference(scoring: Scoring, prompts: list[str], args: EvaluateArguments, sampling_rate: int,
+                     extra_scores: ExtraScores | None) -> dict[str, Any]:
+    """The reference clips scored as a model's clips would be: each against its caption (else the prompts in
+    turn), against the reference itself (its KLD is 0): the scale the models' numbers sit on."""
+    clips = scoring.reference_clips
+    texts = scoring.reference_texts or [prompts[i % len(prompts)] for i in range(len(clips))]
+    result = score_clips(clips, texts, scoring, sampling_rate, batch_size=args.batch_size, seed=args.seed,
+                         silence_threshold=args.silence_threshold, extra_scores=extra_scores)
+    result["texts"] = "captions" if scoring.reference_texts else "prompts"
+    return result
 
+
+def run_evaluation(args: EvaluateArguments, *, extra_scores: ExtraScores | None = None) -> dict:
+    """Generate, score and report; returns ``{"files", "summary", "results_json", "seconds"}``.
+
+    ``extra_scores(clips, prompts) -> {name: value}`` (Python only) adds scores of one's own to every
+    model's result under ``extra_scores`` (and to the reference's with ``score_reference``), e.g. an
+    instrument classifier's verdicts; they land in ``results.json`` and in a table of ``report.md``. With
+    ``score_reference`` the returned dict also holds ``reference_scores``.
+    """
     started = time.time()
     prompt_set, adapter_sources = _check_inputs(args)
     folders = _resolve_adapters(adapter_sources)
@@ -328,15 +387,22 @@ def run_evaluation(args: EvaluateArguments) -> dict:
     print(f"musicpeft evaluate: {base.family} base {args.base!r}, adapters {list(folders)}, {len(prompt_set)} "
           f"prompts in {len(prompt_set.category_names())} categories, {args.seconds} s clips")
     tick = time.time()
-    scoring = _prepare_scoring(args, base, device)
+    scoring = prepare_scoring(args, base.sampling_rate, device)
     timings["load_reference_heldout_clap"] = time.time() - tick
 
     # The base first, before any adapter touches it; then every adapter on that same base (no copies).
     runs = {BASELINE: _evaluate_model(BASELINE, base.model, base, prompt_set, seeds, guidance, scoring, args,
-                                      timings)}
+                                      timings, extra_scores)}
     for name, model in switch_adapters(base, folders):
-        runs[name] = _evaluate_model(name, model, base, prompt_set, seeds, guidance, scoring, args, timings)
+        runs[name] = _evaluate_model(name, model, base, prompt_set, seeds, guidance, scoring, args, timings,
+                                     extra_scores)
     runs = {name: runs[name] for name in [BASELINE, *folders]}
+    reference_scores = None
+    if args.score_reference:
+        tick = time.time()
+        reference_scores = _score_reference(scoring, list(prompt_set.prompts), args, base.sampling_rate,
+                                            extra_scores)
+        timings["score_reference"] = time.time() - tick
 
     setup = {
         "arguments": asdict(args),
@@ -359,11 +425,15 @@ def run_evaluation(args: EvaluateArguments) -> dict:
         results, args.output_dir, prompts=list(prompt_set.prompts), categories=list(prompt_set.categories),
         audio={name: run["clips"] for name, run in runs.items()}, sampling_rate=base.sampling_rate,
         reference_audio=scoring.reference_clips, cross_entropy=cross_entropy, setup=setup, timings=timings,
+        reference_scores=reference_scores,
     )
     rows = summary_rows(results, cross_entropy)
     print(format_summary(rows))
-    return {"files": {k: str(v) for k, v in files.items()}, "summary": rows, "results_json": str(files["json"]),
-            "seconds": round(time.time() - started, 1)}
+    out = {"files": {k: str(v) for k, v in files.items()}, "summary": rows, "results_json": str(files["json"]),
+           "seconds": round(time.time() - started, 1)}
+    if reference_scores is not None:
+        out["reference_scores"] = reference_scores
+    return out
 
 
 def format_summary(rows: dict[str, dict]) -> str:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write_text
+from .metrics.report import write_report
+
 PLOT_TITLES = {
     "per_prompt_clap_score": "CLAP score per prompt",
     "per_prompt_kld": "KLD per prompt",
@@ -29,12 +32,6 @@ PLOT_TITLES = {
 
 def _fmt(value, digits: int = 4) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def summary_rows(results: Mapping[str, Mapping], cross_entropy: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -88,6 +85,37 @@ def _cross_entropy_section(cross_entropy: Mapping[str, Mapping], baseline: str) 
     return lines + [""]
 
 
+def _extra_section(results: Mapping[str, Mapping], reference: Mapping | None) -> list[str]:
+    """A table of the numeric ``extra_scores`` per model (and for the reference clips when scored)."""
+    rows = {name: r.get("extra_scores") or {} for name, r in results.items()}
+    if reference is not None:
+        rows["reference clips"] = reference.get("extra_scores") or {}
+    keys = [k for k in dict.fromkeys(k for extra in rows.values() for k in extra)
+            if all(isinstance(extra.get(k), (int, float)) for extra in rows.values() if k in extra)]
+    if not keys:
+        return []
+    lines = ["## Other scores", "", "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, extra in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(extra.get(k)) if k in extra else "—" for k in keys) + " |")
+    return lines + [""]
+
+
+def _reference_section(reference: Mapping) -> list[str]:
+    """The reference clips scored like a model's clips: the scale the models' numbers sit on."""
+    against = "their captions" if reference.get("texts") == "captions" else "the prompts in turn"
+    return [
+        "## The reference clips themselves",
+        "",
+        f"Scored like a model's clips, against {against} (their KLD to themselves is 0): real audio's scores.",
+        "",
+        "| clips | CLAP score | audio alignment | KLD |",
+        "|---|---|---|---|",
+        f"| {reference.get('num_scored')}/{reference.get('num_items')} | {_fmt(reference.get('clap_score'))} | "
+        f"{_fmt(reference.get('audio_alignment'))} | {_fmt(reference.get('kld'))} |",
+        "",
+    ]
+
+
 def _links_section(files: Mapping[str, Path], clips: Mapping[str, Sequence[str]]) -> list[str]:
     lines = ["## Plots", ""]
     for key, title in PLOT_TITLES.items():
@@ -123,13 +151,13 @@ def write_evaluation_report(
     setup: Mapping,
     timings: Mapping[str, float],
     baseline: str = "base",
+    reference_scores: Mapping | None = None,
 ) -> dict[str, Path]:
-    """``write_report`` (JSON, Markdown, PNGs) extended with the run's setup and token cross-entropy.
+    """``write_report`` (JSON, Markdown, PNGs) extended with the run's setup and token cross-entropy, each
+    model's ``extra_scores`` and, when given, the scores of the reference clips themselves.
 
     Returns ``write_report``'s ``{kind: path}`` dict.
     """
-    from .metrics.report import write_report
-
     adapters = [name for name in results if name != baseline]
     files = write_report(results, out_dir, prompts=prompts, categories=categories, audio=audio,
                          sampling_rate=sampling_rate, reference_audio=reference_audio, baseline=baseline,
@@ -138,13 +166,20 @@ def write_evaluation_report(
     payload["setup"] = dict(setup)
     payload["token_cross_entropy"] = dict(cross_entropy) or None
     payload["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    _write_atomically(files["json"], json.dumps(payload, indent=2, default=float) + "\n")
+    if reference_scores is not None:
+        payload["reference_scores"] = dict(reference_scores)
+    atomic_write_text(files["json"], json.dumps(payload, indent=2, default=float) + "\n")
 
     markdown = files["markdown"].read_text(encoding="utf-8")
     title, _, rest = markdown.partition("\n")
     markdown = title + "\n\n" + "\n".join(_setup_section(setup)) + "\n" + rest.lstrip("\n")
     if cross_entropy:
         markdown = _insert_after_summary(markdown, _cross_entropy_section(cross_entropy, baseline))
+    extra = _extra_section(results, reference_scores)
+    if reference_scores is not None:
+        extra = _reference_section(reference_scores) + extra
+    if extra:
+        markdown = _insert_after_summary(markdown, extra)
     markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(_links_section(files, setup["clips"]))
-    _write_atomically(files["markdown"], markdown)
+    atomic_write_text(files["markdown"], markdown)
     return files

@@ -12,7 +12,6 @@ Defaults left as None are the papers' (batch size, learning rate, epochs, clip l
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -22,12 +21,30 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import SchedulerType
 
+from .api import add_adapter, save_adapter
+from .data.dataset import load_audio_folder, make_rendered_dataset
 from .errors import ResumeError
 from .evaluation import parse_rendered
 from .families import FAMILIES, LOSS_CODEC_TOKENS, MUSICGEN, get_family
 from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
+from .io import atomic_write_json
 from .train_output import check_output_dir, make_staging, swap_into_place
+from .training.collator import precompute_codes
+from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
+from .training.dreamstyler import RECIPES, ConceptData, DreamStylerArguments, train_dreamstyler
+from .training.encoding_cache import default_cache_dir
+from .training.musicgen_trainer import (
+    PAPER_DEFAULTS,
+    check_resumable,
+    last_checkpoint,
+    make_musicgen_trainer,
+    token_cross_entropy,
+)
+from .training.presets import list_presets, lora_config, prepare_full_finetune
+from .tuners.concept_identifier.config import placeholder
+from .tuners.soft_prompt import SoftMusicPromptConfig
 
 METHODS = ("soft_prompt", "lora:<preset>", "full", "concepts", "pivotal", "dreamstyler[:<recipe>]")
 # concept methods -> train_dreamstyler recipes (musicpeft/training/dreamstyler.py)
@@ -82,6 +99,11 @@ class TrainArguments:
         metadata={"help": "Learning rate; None = the paper's (MusicGen 1e-5, AudioLDM2 5e-5).", "type": float},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the split, rendering, initialisation and training."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "Learning-rate schedule of the soft_prompt / lora / full methods: linear (decay to 0), "
+                  "constant, cosine, ... (transformers' names); the concept recipes keep a constant rate."},
+    )
     early_stopping_patience: int | None = field(
         default=3,
         metadata={"help": "MusicGen: stop after this many evaluations without a lower eval loss; "
@@ -145,6 +167,10 @@ class TrainArguments:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        schedules = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedules:
+            raise ValueError(f"lr_scheduler_type: expected one of {', '.join(schedules)}, "
+                             f"got {self.lr_scheduler_type!r}")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
@@ -152,8 +178,6 @@ class TrainArguments:
 def parse_method(method: str) -> tuple[str, str | None]:
     """``"soft_prompt"`` / ``"lora:<preset>"`` / ``"full"`` -> ``(kind, preset or None)``; the concept methods
     give ``("dreamstyler", recipe)``: ``concepts`` = ``tokens_only``, ``pivotal`` = ``dreamstyler``."""
-    from .training.dreamstyler import RECIPES
-
     kind, sep, preset = method.partition(":")
     if kind == "lora" and sep and preset:
         return "lora", preset
@@ -163,8 +187,6 @@ def parse_method(method: str) -> tuple[str, str | None]:
         return "dreamstyler", CONCEPT_METHODS[method]
     if kind == "dreamstyler" and sep and preset in RECIPES:
         return "dreamstyler", preset
-    from .training.presets import list_presets
-
     presets = "; ".join(f"{family.name}: {', '.join(list_presets(family))}" for family in FAMILIES)
     raise ValueError(f"method: unknown {method!r}; known methods: {', '.join(METHODS)} (presets {presets}; "
                      f"recipes {', '.join(sorted(RECIPES))})")
@@ -172,8 +194,6 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 def check_preset(family: str, preset: str) -> None:
     """A clear error naming the family's presets when ``preset`` is not one of them."""
-    from .training.presets import list_presets
-
     known = list_presets(family)
     if preset not in known:
         raise ValueError(f"method: unknown LoRA preset {preset!r} for {family}; known presets: "
@@ -219,8 +239,6 @@ def _check_inputs(args: TrainArguments) -> str:
 def resume_checkpoint(args: TrainArguments) -> str | None:
     """The checkpoint folder ``--resume`` names (``last``: the newest ``checkpoint-<step>`` in
     ``--checkpoint-dir``), checked to hold the optimizer and schedule; None without ``--resume``."""
-    from .training.musicgen_trainer import check_resumable, last_checkpoint
-
     if args.resume is None:
         return None
     path = last_checkpoint(args.checkpoint_dir) if args.resume == "last" else args.resume
@@ -233,8 +251,6 @@ def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: f
 
     The concept methods train on every clip (no eval split: their prompts name a concept the base lacks).
     """
-    from .data.dataset import load_audio_folder, make_rendered_dataset
-
     rendered = parse_rendered(args.data, "data")
     if rendered is not None:
         program, n = rendered
@@ -253,8 +269,6 @@ def load_training_data(args: TrainArguments, sampling_rate: int, clip_seconds: f
 
 
 def _adapter_config(kind: str, preset: str | None, model_or_pipe: Any, args: TrainArguments):
-    from .training.presets import lora_config
-    from .tuners.soft_prompt import SoftMusicPromptConfig
 
     if kind == "soft_prompt":
         return SoftMusicPromptConfig(num_virtual_tokens=args.num_virtual_tokens)
@@ -268,19 +282,13 @@ def _finite(value: float | None) -> float | None:
 def encode_cache_dir(args: TrainArguments) -> str | None:
     """Where encoded clips are cached: ``--encode-cache``, else ``$MUSICPEFT_CACHE/encoded`` or
     ``~/.cache/musicpeft/encoded``; None when caching is off (``none``)."""
-    from .training.encoding_cache import default_cache_dir
-
     if args.encode_cache is not None:
         return None if args.encode_cache.lower() == "none" else args.encode_cache
     return default_cache_dir()
 
 
 def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, out: str, scratch: str) -> dict:
-    import musicpeft
 
-    from .training.collator import precompute_codes
-    from .training.musicgen_trainer import PAPER_DEFAULTS, make_musicgen_trainer, token_cross_entropy
-    from .training.presets import prepare_full_finetune
 
     kind, preset = parse_method(args.method)
     model, processor = base.model, base.processor
@@ -301,7 +309,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         trained = model
         trainable = sum(p.numel() for p in prepare_full_finetune(model))
     else:
-        trained = musicpeft.add_adapter(model, _adapter_config(kind, preset, model, args))
+        trained = add_adapter(model, _adapter_config(kind, preset, model, args))
         trainable = trained.get_nb_trainable_parameters()[0]
     overrides: dict[str, Any] = {
         "output_dir": args.checkpoint_dir or scratch,
@@ -309,6 +317,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         "per_device_train_batch_size": batch_size,
         "per_device_eval_batch_size": batch_size,
         "learning_rate": args.learning_rate or PAPER_DEFAULTS["learning_rate"],
+        "lr_scheduler_type": args.lr_scheduler_type,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "bf16": args.mixed_precision == "bf16",
         "fp16": args.mixed_precision == "fp16",
@@ -327,12 +336,14 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
         if kind == "full":
             trained.decoder.save_pretrained(os.path.join(out, "decoder"), safe_serialization=True)
         else:
-            musicpeft.save_adapter(trained, out)
+            save_adapter(trained, out)
     return {
         "trainable_parameters": int(trainable),
         "steps": int(trainer.state.global_step),
         "train_loss": _finite(output.training_loss),
         "best_eval_loss": _finite(trainer.state.best_metric),
+        "train_loss_history": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history
+                               if "loss" in e],
         "eval_cross_entropy_before": ce_before,
         "eval_cross_entropy_after": ce_after,
         "adapter_dir": os.path.join(args.output_dir, "decoder") if kind == "full" else args.output_dir,
@@ -342,10 +353,7 @@ def _train_musicgen(base: LoadedBase, train, eval_data, args: TrainArguments, ou
 
 
 def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, clip_seconds: float, out: str) -> dict:
-    import musicpeft
 
-    from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
-    from .training.presets import prepare_full_finetune
 
     kind, preset = parse_method(args.method)
     pipe = base.model
@@ -359,7 +367,7 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         learning_rate=args.learning_rate or defaults.learning_rate, audio_length_s=clip_seconds, seed=args.seed,
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        latent_cache_dir=encode_cache_dir(args),
+        latent_cache_dir=encode_cache_dir(args), lr_scheduler_type=args.lr_scheduler_type,
     )
     loss_before = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
     torch.manual_seed(args.seed)
@@ -367,7 +375,7 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
     if kind == "full":
         params = prepare_full_finetune(pipe)
     else:
-        musicpeft.add_adapter(pipe, _adapter_config(kind, preset, pipe, args))
+        add_adapter(pipe, _adapter_config(kind, preset, pipe, args))
     trainable = sum(p.numel() for p in resolve_trainable(pipe, params).values())
     history = train_audioldm2(pipe, train, eval_dataset=eval_data, args=dargs, trainable_parameters=params)
     loss_after = evaluate_audioldm2(pipe, eval_data, dargs) if eval_data is not None else None
@@ -375,13 +383,14 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
         if kind == "full":
             pipe.unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
         else:
-            musicpeft.save_adapter(pipe, out)
+            save_adapter(pipe, out)
     last = history["train_loss"][-1]["loss"] if history["train_loss"] else None
     return {
         "trainable_parameters": int(trainable),
         "steps": int(history["global_step"]),
         "train_loss": _finite(last),
         "best_eval_loss": _finite(history["best_eval_loss"]),
+        "train_loss_history": [{"step": e["step"], "loss": e["loss"]} for e in history["train_loss"]],
         "eval_loss_before": _finite(loss_before),
         "eval_loss_after": _finite(loss_after),
         "adapter_dir": os.path.join(args.output_dir, "unet") if kind == "full" else args.output_dir,
@@ -392,11 +401,6 @@ def _train_audioldm2(base: LoadedBase, train, eval_data, args: TrainArguments, c
 
 def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: float, out: str) -> dict:
     """``concepts`` / ``pivotal`` / ``dreamstyler[:<recipe>]``: :func:`train_dreamstyler` on every clip."""
-    import musicpeft
-
-    from .training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
-    from .tuners.concept_identifier.config import placeholder
-
     _, recipe = parse_method(args.method)
     word = placeholder(args.concept)
     defaults = DreamStylerArguments()
@@ -416,11 +420,12 @@ def _train_concept(base: LoadedBase, train, args: TrainArguments, clip_seconds: 
         if recipe == "full":
             _save_full_concept(base, out)
         else:  # a pipeline saves through itself (one folder per adapted component)
-            musicpeft.save_adapter(base.model if base.processor is None else result.model, out)
+            save_adapter(base.model if base.processor is None else result.model, out)
     return {
         "trainable_parameters": int(sum(result.trainable.values())),
         "steps": len(result.losses),
         "train_loss": _finite(result.losses[-1]) if result.losses else None,
+        "train_loss_history": [{"step": i + 1, "loss": loss} for i, loss in enumerate(result.losses)],
         "concept": args.concept,
         # recipe 'full' trains the base to a fixed rare word; the saved tokenizer knows no placeholder
         "placeholder": dargs.rare_tokens[0] if recipe == "full" else word,
@@ -444,16 +449,8 @@ def _save_full_concept(base: LoadedBase, out: str) -> None:
 
 def write_summary(summary: dict, output_dir: str) -> str:
     """``output_dir/train_summary.json``, written atomically."""
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, SUMMARY_FILE)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_json(path, summary)
     return path
 
 

@@ -17,14 +17,26 @@ per-prompt independence (``musicpeft.generation`` offers that, one prompt at a t
 
 from __future__ import annotations
 
+import copy
 import math
-import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
+
+from . import tiny
+from .api import add_adapter
+from .evaluation import Scoring, score_clips
+from .metrics.clap import TransformersClap
+from .metrics.core import ReferenceSet, compute_clap_kld
+from .training.collator import base_musicgen, precompute_codes
+from .training.musicgen_trainer import make_musicgen_trainer
+from .training.presets import lora_config, prepare_full_finetune
+from .tuners import SoftMusicPromptConfig
 
 
 @dataclass
@@ -39,15 +51,11 @@ class MicroWorld:
 
     def fresh_model(self) -> Any:
         """A new copy of the trained base (adapters are attached to copies, never to ``model``)."""
-        import copy
-
         return copy.deepcopy(self.model).eval()
 
 
 def trained_models_available() -> bool:
     """Whether this installation ships the trained tiny MusicGen, CLAP and instrument classifier."""
-    from . import tiny
-
     try:
         tiny.trained_musicgen_path()
         tiny.trained_clap_path()
@@ -59,9 +67,6 @@ def trained_models_available() -> bool:
 
 def load_micro_world() -> MicroWorld:
     """Load the trained tiny MusicGen, CLAP and instrument classifier shipped in ``musicpeft.tiny``."""
-    from . import tiny
-    from .metrics.clap import TransformersClap
-
     missing = [n for n in ("load_trained_musicgen", "load_trained_clap", "load_instrument_classifier")
                if not hasattr(tiny, n)]
     if missing:
@@ -78,8 +83,6 @@ def load_micro_world() -> MicroWorld:
 
 def frames_for(model: Any, seconds: float) -> int:
     """New tokens MusicGen must generate for ``seconds`` of audio (its delay pattern adds K - 1 steps)."""
-    from .training.collator import base_musicgen
-
     inner = base_musicgen(model)
     return math.ceil(seconds * inner.config.audio_encoder.frame_rate) + inner.decoder.num_codebooks - 1
 
@@ -88,8 +91,6 @@ def frames_for(model: Any, seconds: float) -> int:
 def generate(model: Any, processor: Any, prompts: Sequence[str], seconds: float, seed: int,
              guidance_scale: float = 3.0, batch_size: int = 16) -> list[np.ndarray]:
     """One mono clip per prompt, ``seconds`` long, sampled after ``torch.manual_seed(seed)`` per batch."""
-    from .training.collator import base_musicgen
-
     rate = int(base_musicgen(model).config.audio_encoder.sampling_rate)
     length = int(round(seconds * rate))
     clips: list[np.ndarray] = []
@@ -107,8 +108,28 @@ def generate(model: Any, processor: Any, prompts: Sequence[str], seconds: float,
     return clips
 
 
+def classifier_scores(classifier: Any, instrument: str, clips: Sequence[np.ndarray], sampling_rate: int
+                      ) -> dict[str, Any]:
+    """How the instrument classifier hears ``clips``: the fraction it labels ``instrument`` (``classifier_rate``),
+    its mean probability of ``instrument`` and the count of every label it gave."""
+    labels = list(classifier.labels)
+    if instrument not in labels:
+        raise ValueError(f"instrument {instrument!r} is not a label of the instrument classifier {labels}")
+    clips = [np.asarray(c, dtype=np.float32) for c in clips]
+    predicted = list(classifier.predict(clips, sampling_rate))
+    proba = np.asarray(classifier.predict_proba(clips, sampling_rate), dtype=np.float64)
+    return {
+        "classifier_rate": predicted.count(instrument) / len(predicted),
+        "classifier_probability": float(proba[:, labels.index(instrument)].mean()),
+        "classifier_labels": {label: predicted.count(label) for label in sorted(set(predicted))},
+    }
+
+
 class ConceptScorer:
     """Scores of generated clips against one concept instrument (see the module docstring).
+
+    CLAP and KLD go through :func:`musicpeft.evaluation.score_clips`, as in ``musicpeft evaluate``; the
+    classifier's verdicts through :func:`classifier_scores`.
 
     Args:
         world: the clap backend and the classifier come from it.
@@ -118,8 +139,6 @@ class ConceptScorer:
     """
 
     def __init__(self, world: MicroWorld, instrument: str, reference: Sequence[np.ndarray], sampling_rate: int):
-        from .metrics.core import ReferenceSet
-
         labels = list(world.classifier.labels)
         if instrument not in labels:
             raise ValueError(f"instrument {instrument!r} is not a label of the instrument classifier {labels}")
@@ -128,27 +147,17 @@ class ConceptScorer:
         self.index = labels.index(instrument)
         self.sampling_rate = int(sampling_rate)
         self.reference = ReferenceSet(list(reference), self.sampling_rate, name=f"{instrument} reference clips")
+        self.scoring = Scoring(self.reference, list(reference), None, None, world.clap)
 
     def score(self, clips: Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, Any]:
         """CLAP score, audio alignment, classifier rate / probability and KLD of ``clips`` (one per prompt)."""
-        from .metrics.core import compute_clap_kld
-
-        clips = [np.asarray(c, dtype=np.float32) for c in clips]
-        result = compute_clap_kld(
-            clips, list(prompts), self.reference, sampling_rate=self.sampling_rate, clap_model=self.world.clap,
-            metrics=["clap_score", "kld", "audio_alignment"],
-        )
-        predicted = list(self.world.classifier.predict(clips, self.sampling_rate))
-        proba = np.asarray(self.world.classifier.predict_proba(clips, self.sampling_rate), dtype=np.float64)
-        counts = {label: predicted.count(label) for label in sorted(set(predicted))}
+        result = score_clips(clips, prompts, self.scoring, self.sampling_rate)
         return {
             "clap_score": result["clap_score"],
             "audio_alignment": result["audio_alignment"],
             "kld": result["kld"],
             "kld_per_feature": {k: result["kld_per_feature"][k] for k in ("mfcc", "chroma", "spectral", "zcr")},
-            "classifier_rate": predicted.count(self.instrument) / len(predicted),
-            "classifier_probability": float(proba[:, self.index].mean()),
-            "classifier_labels": counts,
+            **classifier_scores(self.world.classifier, self.instrument, clips, self.sampling_rate),
             "num_clips": len(clips),
             "num_scored": result["num_scored"],
         }
@@ -177,8 +186,6 @@ def score_concepts(world: MicroWorld, model: Any, processor: Any, single: dict[s
     ``text_alignment_multi``, ``audio_alignment_multi`` (mean over concepts), ``delta_audio_alignment``
     and ``audio_alignment_per_concept``.
     """
-    from .metrics.core import compute_clap_kld
-
     def prompts_for(texts: list[str]) -> list[str]:
         return [t.replace("<", "").replace(">", "") for t in texts] if plain else texts
 
@@ -204,10 +211,6 @@ def score_concepts(world: MicroWorld, model: Any, processor: Any, single: dict[s
 
 def codes_dataset(rows: Sequence[dict], model: Any) -> Any:
     """A ``datasets.Dataset`` of ``text`` + EnCodec ``codes`` (encoded once, as the soft-prompt paper does)."""
-    import datasets
-
-    from .training.collator import precompute_codes
-
     data = datasets.Dataset.from_dict({"audio": [np.asarray(r["audio"], np.float32) for r in rows],
                                        "text": [r["text"] for r in rows]})
     return precompute_codes(data, model)
@@ -219,10 +222,6 @@ def method_model(model: Any, method: str, *, num_virtual_tokens: int = 30, lora_
     Soft prompts and LoRA wrap ``model`` in a ``PeftModel`` (base weights frozen); ``full`` unfreezes
     the decoder of ``model`` itself and returns it.
     """
-    from .api import add_adapter
-    from .training.presets import lora_config, prepare_full_finetune
-    from .tuners import SoftMusicPromptConfig
-
     torch.manual_seed(seed)
     if method == "soft_prompt":
         return add_adapter(model, SoftMusicPromptConfig(num_virtual_tokens=num_virtual_tokens, init_seed=seed))
@@ -235,34 +234,31 @@ def method_model(model: Any, method: str, *, num_virtual_tokens: int = 30, lora_
 
 
 def train_method(model: Any, processor: Any, train: Any, method: str, *, steps: int, learning_rate: float,
-                 batch_size: int, seed: int, output_dir: str, num_virtual_tokens: int = 30, lora_r: int = 16,
-                 logging_steps: int | None = None, progress: bool = True) -> tuple[Any, Any]:
-    """Make ``model`` trainable with ``method`` (:func:`method_model`) and train it with the library's Trainer.
+                 batch_size: int, seed: int, output_dir: str | None = None, num_virtual_tokens: int = 30,
+                 lora_r: int = 16, logging_steps: int | None = None, progress: bool = True) -> tuple[Any, Any]:
+    """Make ``model`` trainable with ``method`` (:func:`method_model`) and train it with the library's Trainer
+    recipe (:func:`~musicpeft.training.musicgen_trainer.make_musicgen_trainer`, as ``musicpeft train`` does).
 
-    Constant learning rate, ``steps`` optimizer steps, no evaluation. Returns ``(trained model, trainer)``;
-    ``trainer.state.log_history`` holds the logged losses.
+    Constant learning rate, ``steps`` optimizer steps, no evaluation, nothing saved (the Trainer's scratch
+    folder is temporary; ``output_dir`` is accepted for compatibility and left untouched). Returns
+    ``(trained model, trainer)``; ``trainer.state.log_history`` holds the logged losses.
     """
-    from transformers import TrainingArguments
-
-    from .training.musicgen_trainer import make_musicgen_trainer
-
     trained = method_model(model, method, num_virtual_tokens=num_virtual_tokens, lora_r=lora_r, seed=seed)
-    args = TrainingArguments(
-        output_dir=os.path.join(output_dir, "trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, lr_scheduler_type="constant", logging_steps=logging_steps or max(1, steps // 20),
-        save_strategy="no", report_to=[], seed=seed, disable_tqdm=not progress, use_cpu=True,
-        dataloader_num_workers=0,
-    )
-    trainer = make_musicgen_trainer(trained, processor, train, eval_dataset=None, args=args,
-                                    early_stopping_patience=None)
-    trainer.train()
+    with tempfile.TemporaryDirectory(prefix="musicpeft-trainer-") as scratch:
+        trainer = make_musicgen_trainer(
+            trained, processor, train, eval_dataset=None, early_stopping_patience=None, output_dir=scratch,
+            max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
+            lr_scheduler_type="constant", logging_strategy="steps", logging_steps=logging_steps or max(1, steps // 20),
+            seed=seed, disable_tqdm=not progress, use_cpu=True,
+        )
+        trainer.train()
     trained.eval()
     return trained, trainer
 
 
 def train_soft_prompt(model: Any, processor: Any, train: Any, *, steps: int, learning_rate: float, batch_size: int,
-                      num_virtual_tokens: int, seed: int, output_dir: str, logging_steps: int | None = None,
-                      progress: bool = True) -> tuple[Any, Any]:
+                      num_virtual_tokens: int, seed: int, output_dir: str | None = None,
+                      logging_steps: int | None = None, progress: bool = True) -> tuple[Any, Any]:
     """:func:`train_method` with ``method="soft_prompt"``: returns ``(peft_model, trainer)``."""
     return train_method(model, processor, train, "soft_prompt", steps=steps, learning_rate=learning_rate,
                         batch_size=batch_size, seed=seed, output_dir=output_dir,

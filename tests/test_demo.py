@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 import soundfile as sf
@@ -36,6 +37,24 @@ def test_demo_writes_its_report_audio_figure_and_a_loadable_adapter(tmp_path, ca
     assert report["first_logged_loss"] != report["last_logged_loss"]
     md = (out / "report.md").read_text()
     assert "| held-out token cross-entropy (nats) | lower |" in md and "spectrograms.png" in md
+    # everything the demo leaves is listed in its report (no stray trainer/ scratch folder)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["data", "evaluation", "koto-prompt", "report.md", "report.json", "spectrograms.png", "before.wav",
+         "after.wav", "reference.wav"])
+    for listed in ("`data/`", "`koto-prompt/`", "`evaluation/`"):
+        assert listed in md
+    assert (out / "data" / "train" / "metadata.jsonl").read_text().count("\n") == 8
+    assert (out / "koto-prompt" / "train_summary.json").is_file() and (out / "evaluation" / "report.md").is_file()
+    # it ran musicpeft train and musicpeft evaluate: the commands it lists parse back to its arguments
+    from musicpeft.cli import build_parser
+
+    train = build_parser().parse_args(shlex.split(report["commands"]["train"])[1:])
+    assert (train.max_steps, train.num_virtual_tokens, train.lr_scheduler_type) == (4, 4, "constant")
+    assert train.data == str(out / "data" / "train") and train.output_dir == str(out / "koto-prompt")
+    evaluate = build_parser().parse_args(shlex.split(report["commands"]["evaluate"])[1:])
+    assert evaluate.adapters == [str(out / "koto-prompt")] and evaluate.score_reference
+    assert evaluate.heldout == evaluate.reference == str(out / "data" / "heldout")
+    assert report["commands"]["train"] in md and report["commands"]["evaluate"] in md
     from musicpeft.tiny import load_trained_musicgen
 
     base, _ = load_trained_musicgen()

@@ -363,3 +363,30 @@ def test_the_shipped_trained_tiny_models_are_named_bases_and_judges():
     text = backend.embed_text(["a piece on piano", "a piece on trumpet"])
     scores = audio @ text.T
     assert (scores[:, 0] > scores[:, 1]).all(), scores
+
+
+def test_extra_scores_and_the_reference_scored_like_a_model(inputs, tmp_path):
+    from musicpeft.evaluation import run_evaluation
+
+    seen = []
+
+    def peak(clips, prompts):
+        seen.append((len(clips), len(prompts)))
+        return {"peak": float(np.mean([np.abs(c).max() for c in clips])), "counts": {"loud": len(clips)}}
+
+    args = EvaluateArguments(base="tiny-musicgen", adapters=[f"koto={inputs['root'] / 'mg-prompt'}"],
+                             prompts=inputs["prompts"], reference=inputs["heldout"], clap_model="tiny", seconds=1.0,
+                             max_prompts_per_category=1, output_dir=str(tmp_path / "out"), score_reference=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = run_evaluation(args, extra_scores=peak)
+    assert seen == [(2, 2), (2, 2), (2, 2)]  # base, koto, then the two reference clips
+    payload = json.loads(open(out["results_json"], encoding="utf-8").read())
+    for name in ("base", "koto"):
+        assert payload["results"][name]["extra_scores"]["peak"] > 0
+    reference = payload["reference_scores"]
+    assert reference["texts"] == "captions" and reference["num_items"] == 2  # the heldout folder's metadata
+    assert reference["kld"] == pytest.approx(0.0, abs=1e-9)  # the reference against itself
+    assert out["reference_scores"]["clap_score"] == pytest.approx(reference["clap_score"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The reference clips themselves" in report
+    assert "| model | peak |" in report and "| reference clips |" in report  # numeric extras only

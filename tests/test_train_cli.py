@@ -41,6 +41,19 @@ def test_soft_prompt_on_tiny_musicgen(tmp_path):
     assert model.peft_config["default"].num_virtual_tokens == 4
 
 
+def test_constant_schedule_and_the_loss_history_in_the_summary(tmp_path):
+    summary = train(tmp_path, "--base", "tiny-musicgen", "--data", "rendered:107:2", "--eval-fraction", "0",
+                    "--lr-scheduler-type", "constant", "--learning-rate", "0.01")
+    assert summary["arguments"]["lr_scheduler_type"] == "constant"
+    history = summary["train_loss_history"]
+    assert [e["step"] for e in history] == [1, 2]  # 2 clips, batch 2: an epoch (and a log) per step
+    assert all(math.isfinite(e["loss"]) for e in history)
+    # the Trainer's train_loss is the mean over the run: here the mean of the two logged steps
+    assert summary["train_loss"] == pytest.approx((history[0]["loss"] + history[1]["loss"]) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="lr_scheduler_type: expected one of .*constant.*, got 'sometimes'"):
+        TrainArguments(base="tiny-musicgen", data="rendered:107:2", lr_scheduler_type="sometimes")
+
+
 def test_lora_preset_on_tiny_musicgen_from_a_folder(tmp_path):
     data = tmp_path / "clips"
     data.mkdir()

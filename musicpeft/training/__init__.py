@@ -1,4 +1,6 @@
-"""Training recipes: the MusicGen collator and the transformers Trainer path.
+"""Training recipes: the MusicGen collator and the transformers Trainer path (``musicgen_trainer``), and the one
+``accelerate`` loop (``accelerate_loop``) that AudioLDM2 training (``diffusion``) and the DreamStyler concept
+recipes (``dreamstyler``) share; ``finite`` stops diverged runs, ``progress`` draws every long step's bar.
 
 Names are imported on first use, so importing a sibling module (e.g. ``presets``) does not pay
 for ``transformers.Trainer``.

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .encoding_cache import EncodingCache, audio_key, cached_encode, module_fingerprint
+
 IGNORE_INDEX = -100
 
 
@@ -214,8 +216,6 @@ class MusicgenCollator:
 
 def codec_fingerprint(model: Any) -> str:
     """Fingerprint of a MusicGen's EnCodec (class, config, weights): the codes cache key's codec half."""
-    from .encoding_cache import module_fingerprint
-
     return module_fingerprint(base_musicgen(model).audio_encoder)
 
 
@@ -231,8 +231,6 @@ def precompute_codes(
     the clips not seen before.
     """
     import datasets
-
-    from .encoding_cache import EncodingCache, audio_key, cached_encode
 
     if "audio" not in dataset.column_names:
         raise KeyError(f"precompute_codes: the dataset has no 'audio' column (columns: {dataset.column_names})")

@@ -7,14 +7,13 @@ pipeline's own `encode_prompt`, so whatever is attached to the text encoders (a 
 U-Net (LoRA) is what trains; the loop itself only knows a list of parameters.
 
 `accelerate` owns devices, mixed precision and gradient accumulation. Defaults follow the AudioLDM2
-fine-tuning paper (papers/audioldm2-finetune-musicnet.txt §3.3.4): batch 16, lr 5e-5, weight decay 0.01,
+fine-tuning paper (its §3.3.4, MusicNet captions): batch 16, lr 5e-5, weight decay 0.01,
 evaluation each epoch, the best checkpoint by eval loss kept and reloaded at the end, logging every 10
 steps (the paper trained 30 epochs in fp16).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,16 +23,29 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.optimization import get_scheduler
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..families import AUDIOLDM2
+from .accelerate_loop import INFO_FILE as INFO_FILE  # re-exported: where checkpoints keep their note
+from .accelerate_loop import STATE_FILE as STATE_FILE  # re-exported: where checkpoints keep their tensors
+from .accelerate_loop import (
+    copy_into,
+    load_trainable_state,
+    make_accelerator,
+    optimizer_steps,
+    save_trainable_state,
+    training_scope,
+)
 from .diffusion_data import AudioTextCollator, IndexedDataset, MelConfig, log_mel
-from .finite import check_finite_gradients, check_finite_loss, check_finite_weights
+from .encoding_cache import EncodingCache, audio_key, cached_encode, module_fingerprint
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainable_state.safetensors"
-INFO_FILE = "trainer_state.json"
 
 _PAPER = AUDIOLDM2.training  # the family's training defaults
 
@@ -159,8 +171,6 @@ def latent_cache_for(pipe: Any, directory: str | os.PathLike | None, mel_config:
     """An `EncodingCache` of VAE latent distributions for this pipeline's VAE and mel settings (None: off)."""
     if directory is None:
         return None
-    from .encoding_cache import EncodingCache, module_fingerprint
-
     mel_config = mel_config or MelConfig.from_pipeline(pipe)
     return EncodingCache(directory, "vae-latents", module_fingerprint(pipe.vae, repr(mel_config)))
 
@@ -172,8 +182,6 @@ def latent_distribution(pipe: Any, waveform: torch.Tensor, mel_config: MelConfig
     The distribution (not a sample) is cached, so every step still draws fresh latents as without a cache.
     The key is the exact waveform row fed to the VAE, so a random crop simply misses the cache.
     """
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
     vae = pipe.vae
 
     def encode(rows: list[int]) -> list[dict[str, torch.Tensor]]:
@@ -183,8 +191,6 @@ def latent_distribution(pipe: Any, waveform: torch.Tensor, mel_config: MelConfig
 
     if cache is None:
         return vae.encode(log_mel(waveform, mel_config).to(vae.dtype)).latent_dist
-    from .encoding_cache import audio_key, cached_encode
-
     rows = waveform.detach().float().cpu().numpy()
     keys = [audio_key(row, mel_config.sampling_rate) for row in rows]
     found = cached_encode(cache, keys, encode)
@@ -200,8 +206,6 @@ def _modules(pipe: Any) -> dict[str, nn.Module]:
 
 
 def _has_adapter(module: nn.Module) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     return any(isinstance(m, BaseTunerLayer) for m in module.modules())
 
 
@@ -231,39 +235,6 @@ def resolve_trainable(pipe: Any, parameters: Iterable[nn.Parameter] | None = Non
     if not chosen:
         raise ValueError("Nothing to train: no parameter requires grad and trainable_parameters was not given.")
     return chosen
-
-
-def save_trainable_state(named: dict[str, nn.Parameter], directory: str, info: dict[str, Any]) -> None:
-    """Write the trainable tensors (safetensors) and `info` (JSON) into `directory`, replacing older files."""
-    from safetensors.torch import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    state = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in named.items()}
-    tmp = os.path.join(directory, f".{STATE_FILE}.tmp")
-    save_file(state, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(directory, STATE_FILE))
-    with open(os.path.join(directory, INFO_FILE), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-
-
-def load_trainable_state(named: dict[str, nn.Parameter], directory: str) -> None:
-    """Copy tensors saved by `save_trainable_state` back into the parameters, checking names and shapes."""
-    from safetensors.torch import load_file
-
-    state = load_file(os.path.join(directory, STATE_FILE))
-    if set(state) != set(named):
-        missing, extra = sorted(set(named) - set(state)), sorted(set(state) - set(named))
-        raise ValueError(f"{directory}/{STATE_FILE} does not match the trainable parameters: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}.")
-    _copy_into(named, state)
-
-
-def _copy_into(named: dict[str, nn.Parameter], state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, param in named.items():
-            if state[name].shape != param.shape:
-                raise ValueError(f"Saved {name} has shape {tuple(state[name].shape)}, expected {tuple(param.shape)}.")
-            param.copy_(state[name].to(param.device, param.dtype))
 
 
 class BestKeeper:
@@ -298,7 +269,7 @@ class BestKeeper:
         if self.best_loss is None:
             return
         if self._memory is not None:
-            _copy_into(self.named, self._memory)
+            copy_into(self.named, self._memory)
         else:
             load_trainable_state(self.named, self.directory)
 
@@ -323,8 +294,6 @@ def _loader(pipe: Any, dataset: Any, args: DiffusionTrainingArguments, train: bo
 
 def _noise_scheduler(pipe: Any) -> Any:
     """A DDPM scheduler with the pipeline's noise schedule (the pipeline's own scheduler is left alone)."""
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
@@ -345,7 +314,7 @@ def evaluate_audioldm2(pipe: Any, eval_dataset: Any, args: DiffusionTrainingArgu
         for module in _modules(pipe).values():
             module.eval()
         with torch.no_grad():
-            for batch in loader:
+            for batch in progress_bar(loader, desc="Evaluating (denoising loss)", unit="batch"):
                 losses = diffusion_loss(pipe, batch["waveform"].to(device), batch["text"], scheduler, mel, generator,
                                         latent_cache)
                 if accelerator is not None:
@@ -373,6 +342,7 @@ def train_audioldm2(
     parameters run in train mode, the rest in eval mode. With `args.output_dir`, the best state by eval
     loss goes to `output_dir/best/` and the final one to `output_dir/last/`; `save_fn(pipe, directory)` is
     called after each such save (e.g. to write an adapter in its own format) and needs `output_dir`.
+    The steps run in :func:`~musicpeft.training.accelerate_loop.optimizer_steps`, under a progress bar.
 
     A NaN/Inf loss, gradient or trainable weight stops training with `musicpeft.errors.NonFiniteTrainingError`
     (nothing more is written to `output_dir`).
@@ -380,9 +350,6 @@ def train_audioldm2(
     Returns the history: `train_loss` (one entry per logging window), `eval_loss` (one per evaluation),
     `best_eval_loss`, `best_epoch`, `global_step`.
     """
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
-
     args = args or DiffusionTrainingArguments()
     if save_fn is not None and args.output_dir is None:
         raise ValueError("save_fn needs DiffusionTrainingArguments.output_dir to write into.")
@@ -390,8 +357,7 @@ def train_audioldm2(
     params = list(named.values())
     if eval_dataset is not None:
         IndexedDataset(eval_dataset, args.sampling_rate)  # check its columns now, not after the first epoch
-    accelerator = Accelerator(mixed_precision=args.mixed_precision,
-                              gradient_accumulation_steps=args.gradient_accumulation_steps)
+    accelerator = make_accelerator(args.mixed_precision, args.gradient_accumulation_steps)
     torch.manual_seed(args.seed)
     if args.mixed_precision == "fp16" and any(p.dtype == torch.float16 for p in params):
         raise ValueError(
@@ -421,54 +387,27 @@ def train_audioldm2(
         if save_fn is not None and directory is not None:
             save_fn(pipe, directory)
 
+    def loss_fn(batch: dict[str, Any]) -> torch.Tensor:
+        return diffusion_loss(pipe, batch["waveform"], batch["text"], noise_scheduler, mel,
+                              latent_cache=latent_cache).mean()
+
     best_dir = os.path.join(args.output_dir, "best") if args.output_dir else None
     keeper = BestKeeper(named, best_dir, on_save, write=accelerator.is_main_process)
     history: dict[str, Any] = {"train_loss": [], "eval_loss": [], "best_eval_loss": None, "best_epoch": None}
-    trainable_ids = {id(p) for p in params}
-    everything = [p for m in _modules(pipe).values() for p in m.parameters()] + params
-    flags = {id(p): p.requires_grad for p in everything}
-    modes = {name: m.training for name, m in _modules(pipe).items()}
-    owners = {c for c, m in _modules(pipe).items() if any(id(p) in trainable_ids for p in m.parameters())}
     global_step, window = 0, []
-    try:
-        for module in _modules(pipe).values():
-            for p in module.parameters():
-                p.requires_grad_(id(p) in trainable_ids)
-        for p in params:
-            p.requires_grad_(True)
+    with training_scope(_modules(pipe), params), \
+            progress_bar(total=total_steps, desc="Training (AudioLDM2)", unit="step") as bar:
         for epoch in range(1, epochs + 1):
-            for name, module in _modules(pipe).items():
-                module.train(name in owners)
-            for batch in train_loader:
-                with accelerator.accumulate():
-                    with accelerator.autocast():
-                        loss = diffusion_loss(pipe, batch["waveform"], batch["text"], noise_scheduler, mel,
-                                              latent_cache=latent_cache).mean()
-                    check_finite_loss(loss, global_step + 1)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        _average_gradients(accelerator, params)
-                        if args.mixed_precision != "fp16":  # fp16: the loss scaler skips overflowing steps
-                            check_finite_gradients(named.items(), global_step + 1)
-                        if args.max_grad_norm is not None:
-                            accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                    lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if accelerator.sync_gradients:
-                        check_finite_weights(named.items(), global_step + 1)
-                window.append(loss.detach().float().item())
-                if not accelerator.sync_gradients:
-                    continue
-                global_step += 1
+            for result in optimizer_steps(accelerator, optimizer, named, train_loader, loss_fn,
+                                          max_steps=total_steps, start_step=global_step,
+                                          max_grad_norm=args.max_grad_norm, lr_scheduler=lr_scheduler, bar=bar):
+                global_step = result.step
+                window.append(result.loss)
                 if global_step % args.logging_steps == 0 or global_step == total_steps:
-                    entry = {"step": global_step, "epoch": epoch, "loss": sum(window) / len(window), "lr": lr}
+                    entry = {"step": global_step, "epoch": epoch, "loss": sum(window) / len(window), "lr": result.lr}
                     history["train_loss"].append(entry)
                     logger.info("step %(step)d epoch %(epoch)d loss %(loss).5f lr %(lr).3g", entry)
                     window = []
-                if global_step >= total_steps:
-                    break
             if eval_dataset is not None and args.eval_each_epoch:
                 eval_loss = evaluate_audioldm2(pipe, eval_dataset, args, accelerator)
                 history["eval_loss"].append({"epoch": epoch, "step": global_step, "loss": eval_loss})
@@ -482,20 +421,5 @@ def train_audioldm2(
             on_save(last)
         if args.load_best_at_end:
             keeper.restore()
-    finally:
-        for p in everything:
-            p.requires_grad_(flags[id(p)])
-        for name, module in _modules(pipe).items():
-            module.train(modes[name])
     history.update(best_eval_loss=keeper.best_loss, best_epoch=keeper.best_epoch, global_step=global_step)
     return history
-
-
-def _average_gradients(accelerator: Any, params: list[nn.Parameter]) -> None:
-    """Mean of the gradients over processes: the trainable parameters live in several unwrapped modules,
-    so no DistributedDataParallel wrapper does this for us."""
-    if accelerator.num_processes == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            p.grad = accelerator.reduce(p.grad, reduction="mean")

@@ -22,7 +22,6 @@ ones rather than to zero (over 1,500 steps at lr 1e-5 the two differ by 0.15% of
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -33,13 +32,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 from torch import nn
 
 from .. import concepts as concept_text
+from .. import errors
+from ..api import add_adapter
+from ..data import resample
 from ..tuners.concept_identifier import ConceptIdentifierConfig
 from ..tuners.concept_identifier.components import is_pipeline
 from ..tuners.concept_identifier.config import placeholder
 from ..tuners.pivotal_mask import PivotalMaskConfig, count
+from .accelerate_loop import make_accelerator, named_trainable, optimizer_steps, training_scope
+from .collator import MusicgenCollator
+from .diffusion import diffusion_loss
+from .diffusion_data import AudioTextCollator, MelConfig
+from .presets import prepare_full_finetune
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +165,6 @@ class _MusicgenBackend:
     """Token cross-entropy on MusicGen: `MusicgenCollator` builds delayed labels from the clips."""
 
     def __init__(self, model: nn.Module, processor: Any, args: DreamStylerArguments) -> None:
-        from .collator import MusicgenCollator
-
         if processor is None:
             raise ValueError("MusicGen recipes need the model's processor (its tokenizer gets the concept tokens).")
         self.model, self.processor, self.peft_model = model, processor, None
@@ -165,8 +172,6 @@ class _MusicgenBackend:
         self.sampling_rate = self.collator.sampling_rate
 
     def prepare_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from ..data import resample
-
         return [{**r, "audio": resample(r["audio"], r["sampling_rate"], self.sampling_rate),
                  "sampling_rate": self.sampling_rate} for r in rows]
 
@@ -174,16 +179,14 @@ class _MusicgenBackend:
         concept_text.bind_processor(self.model, self.processor)
 
     def attach(self, config: Any, name: str) -> Any:
-        from ..api import add_adapter
-
         self.peft_model = add_adapter(self.model, config, name)
         return self.peft_model
 
     def tokenizers(self) -> list[Any]:
         return [self.processor.tokenizer]
 
-    def modules(self) -> list[nn.Module]:
-        return [self.model]
+    def named_modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
 
     def loss(self, rows: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
         batch = {k: v.to(device) for k, v in self.collator(rows).items()}
@@ -195,10 +198,6 @@ class _PipelineBackend:
     """Denoising MSE on an AudioLDM2 pipeline, through its own `encode_prompt` (`training/diffusion.py`)."""
 
     def __init__(self, pipe: Any, args: DreamStylerArguments) -> None:
-        from diffusers import DDPMScheduler
-
-        from .diffusion_data import AudioTextCollator, MelConfig
-
         self.pipe, self.peft_model = pipe, None
         self.mel = MelConfig.from_pipeline(pipe)
         samples = None if args.audio_length_s is None else round(args.audio_length_s * self.mel.sampling_rate)
@@ -218,12 +217,10 @@ class _PipelineBackend:
     def tokenizers(self) -> list[Any]:
         return [self.pipe.tokenizer, self.pipe.tokenizer_2]
 
-    def modules(self) -> list[nn.Module]:
-        return [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
+    def named_modules(self) -> dict[str, nn.Module]:
+        return {n: c for n, c in self.pipe.components.items() if isinstance(c, nn.Module)}
 
     def loss(self, rows: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
-        from .diffusion import diffusion_loss
-
         batch = self.collator(rows)
         return diffusion_loss(self.pipe, batch["waveform"].to(device), batch["text"], self.scheduler, self.mel).mean()
 
@@ -257,82 +254,32 @@ def _optimizer_state_numel(optimizer: torch.optim.Optimizer) -> int:
 
 def _run(backend: Any, accelerator: Any, groups: list[dict[str, Any]], rows: list[dict[str, Any]], steps: int,
          args: DreamStylerArguments, rng: random.Random, label: str) -> tuple[list[float], int]:
-    """`steps` AdamW steps over shuffled batches of `rows`; returns the losses and the optimizer-state size."""
+    """`steps` AdamW steps over shuffled batches of `rows` in the shared accelerate loop; returns the losses and
+    the optimizer-state size."""
     params = [p for g in groups for p in g["params"]]
+    named = named_trainable(backend.named_modules().values(), params)
     optimizer = torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     optimizer = accelerator.prepare_optimizer(optimizer)
     losses, window = [], []
+
+    def loss_fn(batch: list[dict[str, Any]]) -> torch.Tensor:
+        return backend.loss(batch, accelerator.device)
+
     batches = _batches(rows, args.train_batch_size, rng)
-    with _training_mode(backend.modules(), params):
-        for step in range(1, steps + 1):
-            try:
-                losses.append(_step(backend, accelerator, optimizer, params, next(batches), args))
-            except NonFiniteTrainingError as error:
-                raise NonFiniteTrainingError(f"{label} step {step}/{steps}: {error}") from None
-            window.append(losses[-1])
-            if step % args.logging_steps == 0 or step == steps:
-                logger.info("%s step %d/%d loss %.5f", label, step, steps, sum(window) / len(window))
+    with training_scope(backend.named_modules(), params), \
+            progress_bar(total=steps, desc=f"DreamStyler {label}", unit="step") as bar:
+        for result in optimizer_steps(accelerator, optimizer, named, batches, loss_fn, max_steps=steps,
+                                      max_grad_norm=args.max_grad_norm, bar=bar, label=f"{label} ({steps} steps)"):
+            losses.append(result.loss)
+            window.append(result.loss)
+            if result.step % args.logging_steps == 0 or result.step == steps:
+                logger.info("%s step %d/%d loss %.5f", label, result.step, steps, sum(window) / len(window))
                 window = []
     return losses, _optimizer_state_numel(optimizer)
 
 
-class NonFiniteTrainingError(FloatingPointError):
-    """Training produced a NaN/Inf loss, gradient or weight: stopped before it could be saved as an adapter."""
-
-
-_ADVICE = "lower the learning rates (learning_rate, token_learning_rate, mask_learning_rate) or check the audio"
-
-
-def _step(backend: Any, accelerator: Any, optimizer: Any, params: list[nn.Parameter], batch: list[dict[str, Any]],
-          args: DreamStylerArguments) -> float:
-    """One optimizer step; a non-finite loss, gradient or updated weight stops training with a clear error.
-
-    Without the checks a diverged run (e.g. an absurd learning rate) ends "successfully" with NaN weights,
-    which are then saved and generate silence or noise.
-    """
-    with accelerator.autocast():
-        loss = backend.loss(batch, accelerator.device)
-    value = loss.detach().float().item()
-    if not math.isfinite(value):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteTrainingError(f"the loss is {value}; training stopped ({_ADVICE}).")
-    accelerator.backward(loss)
-    if accelerator.num_processes > 1:  # modules are not DDP-wrapped (pipelines cannot be): average here
-        for p in params:
-            if p.grad is not None:
-                p.grad = accelerator.reduce(p.grad, reduction="mean")
-    # With fp16 the gradient scaler expects occasional inf gradients and skips those steps itself.
-    if getattr(accelerator, "scaler", None) is None:
-        grads = [p.grad.detach() for p in params if p.grad is not None]
-        bad = [g for g in grads if not torch.isfinite(g).all()]
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteTrainingError(
-                f"{len(bad)} of {len(grads)} gradient tensors hold NaN/Inf; training stopped before the update "
-                f"({_ADVICE})."
-            )
-    if args.max_grad_norm is not None:
-        accelerator.clip_grad_norm_(params, args.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if not all(bool(torch.isfinite(p.detach()).all()) for p in params):
-        raise NonFiniteTrainingError(f"the update made trained weights NaN/Inf; training stopped ({_ADVICE}).")
-    return value
-
-
-@contextlib.contextmanager
-def _training_mode(modules: list[nn.Module], params: list[nn.Parameter]) -> Iterator[None]:
-    """Train mode (dropout on) for the modules holding trainable parameters, restored afterwards."""
-    ids = {id(p) for p in params}
-    owners = [m for m in modules if any(id(p) in ids for p in m.parameters())]
-    modes = [m.training for m in owners]
-    for module in owners:
-        module.train()
-    try:
-        yield
-    finally:
-        for module, mode in zip(owners, modes, strict=True):
-            module.train(mode)
+# Kept under its old name: the recipes raise the package's error (a ValueError the command line reports in a line).
+NonFiniteTrainingError = errors.NonFiniteTrainingError
 
 
 def train_dreamstyler(model_or_pipe: Any, concepts: list[ConceptData], args: DreamStylerArguments | None = None,
@@ -342,8 +289,6 @@ def train_dreamstyler(model_or_pipe: Any, concepts: list[ConceptData], args: Dre
     The model is adapted in place; prompts with the concepts' placeholders work on it right after (and
     `musicpeft.save_adapter` writes the adapter, tokens and placeholders included).
     """
-    from accelerate import Accelerator
-
     args = args or DreamStylerArguments()
     names = [c.name for c in concepts]
     if not concepts or len(set(names)) != len(names):
@@ -351,10 +296,10 @@ def train_dreamstyler(model_or_pipe: Any, concepts: list[ConceptData], args: Dre
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(args.mixed_precision)
     backend = _PipelineBackend(model_or_pipe, args) if is_pipeline(model_or_pipe) else \
         _MusicgenBackend(model_or_pipe, processor, args)
-    for module in backend.modules():
+    for module in backend.named_modules().values():
         module.to(accelerator.device)
     rows = {c.name: backend.prepare_rows(c.rows()) for c in concepts}
     everything = [r for c in concepts for r in rows[c.name]]
@@ -365,8 +310,6 @@ def train_dreamstyler(model_or_pipe: Any, concepts: list[ConceptData], args: Dre
     backend.bind()
 
     if args.recipe == "full":
-        from .presets import prepare_full_finetune
-
         if len(args.rare_tokens) < len(names):
             raise ValueError(f"Recipe 'full' needs a rare token per concept; rare_tokens={args.rare_tokens}.")
         for tokenizer in backend.tokenizers():

@@ -4,8 +4,10 @@ Why: the codec is frozen, so encoding the same clip again every batch of every e
 was a quarter of a MusicGen training step). Each clip is encoded once and stored as one small safetensors
 file, keyed by the clip's content (samples, rate and how it was prepared) and by a fingerprint of the
 codec (class, config and every weight). Change the audio or the codec's weights and the key changes; the
-same clip in another dataset or another run is found again. Files are written to a temporary name and
-renamed, so concurrent runs (several training processes) never read half a file.
+same clip in another dataset or another run is found again. Files are written atomically
+(:func:`musicpeft.io.atomic_write`), so concurrent runs (several training processes) never read half a file.
+Encoding a whole dataset shows a progress bar (``datasets``' own, in :func:`~.collator.precompute_codes`);
+VAE latents are encoded inside the training steps, under the training bar.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+
+from ..io import atomic_write
 
 CACHE_VERSION = "v1"
 _fingerprints: dict[int, tuple[int, str]] = {}
@@ -73,8 +77,6 @@ class EncodingCache:
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         """The tensors stored under ``key``, or None (also for an unreadable file, which is then re-encoded)."""
-        from safetensors.torch import load_file
-
         path = self._path(key)
         if not path.is_file():
             return None
@@ -85,18 +87,8 @@ class EncodingCache:
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         """Store ``tensors`` under ``key`` atomically."""
-        from safetensors.torch import save_file
-
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        atomic_write(self._path(key), lambda tmp: save_file(state, tmp))
 
 
 def cached_encode(cache: EncodingCache | None, keys: list[str], encode: Any) -> list[dict[str, torch.Tensor]]:

@@ -1,6 +1,6 @@
 """MusicGen on the transformers ``Trainer``: the recipe of the soft-prompt and LoRA papers.
 
-Paper defaults (DESIGN §1, §3; :data:`PAPER_DEFAULTS`): batch 32, learning rate 1e-5, up to 100
+Paper defaults (the soft-prompt and LoRA papers; :data:`PAPER_DEFAULTS`): batch 32, learning rate 1e-5, up to 100
 epochs, early stopping on the validation loss, best checkpoint kept. They are the defaults when
 no ``TrainingArguments`` are given; tests and the tiny demo pass small values instead.
 
@@ -31,23 +31,24 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..errors import ResumeError
+from ..families import MUSICGEN
+from ..io import atomic_write_text
 from .collator import MusicgenCollator, base_musicgen
 from .finite import check_finite_loss, finite_check_callback
 
 log = logging.getLogger(__name__)
 
-PAPER_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 32,
-    "learning_rate": 1e-5,
-    "num_train_epochs": 100,
+PAPER_DEFAULTS: dict[str, Any] = {  # the MusicGen family's training defaults, as Trainer arguments
+    "per_device_train_batch_size": MUSICGEN.training.batch_size,
+    "per_device_eval_batch_size": MUSICGEN.training.batch_size,
+    "learning_rate": MUSICGEN.training.learning_rate,
+    "num_train_epochs": MUSICGEN.training.epochs,
 }
 _DEFAULTS: dict[str, Any] = {
     **PAPER_DEFAULTS,
@@ -121,10 +122,7 @@ def _musicgen_trainer_class():
             pickled = os.path.join(output_dir, "training_args.bin")
             if os.path.exists(pickled):
                 os.remove(pickled)
-            fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".training_args.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string())
-            os.replace(tmp, os.path.join(output_dir, "training_args.json"))
+            atomic_write_text(os.path.join(output_dir, "training_args.json"), self.args.to_json_string())
 
     return MusicgenTrainer
 
