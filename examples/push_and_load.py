@@ -12,6 +12,10 @@ differ from the base's (so the pushed weights are the trained ones, not a fresh 
     huggingface-cli login        # or set HF_TOKEN; any Hub-compatible server works via HF_ENDPOINT
     python examples/push_and_load.py --repo_id <user>/tiny-koto-prompt
 
+Without a Hub account, from a checkout: the test suite's local Hub server runs it with HF_ENDPOINT set:
+
+    python tests/hub/serve.py -- python examples/push_and_load.py --repo_id user/tiny-koto-prompt
+
 The soft-prompt paper's training settings are flags (``--num_virtual_tokens 30 --batch_size 32
 --learning_rate 1e-5 --steps ...``); see ``examples/korean_prompt_tuning.py`` for the full recipe.
 """
