@@ -73,64 +73,24 @@ PIVOTAL_PERCENT = 5.0
 def musicgen_small_config(num_layers: int | None = None):
     """A MusicgenConfig shaped like facebook/musicgen-small (`num_layers` cuts text encoder and decoder).
 
-    Built the way `musicpeft.tiny.tiny_musicgen_config` builds the tiny one, with musicgen-small's sizes.
+    Only what differs from transformers' defaults is written: T5Config's defaults are T5's, and
+    MusicgenDecoderConfig's are musicgen-small's decoder (24 layers, width 1024, 16 heads, 4 codebooks of 2048).
     """
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
-    text = T5Config(
-        vocab_size=32128,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=num_layers or 12,
-        num_heads=12,
-        relative_attention_num_buckets=32,
-        dropout_rate=0.1,
-        feed_forward_proj="relu",
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
+    text = T5Config(  # T5-base's encoder
+        d_model=768, d_ff=3072, num_layers=num_layers or 12, num_heads=12, decoder_start_token_id=0
     )
     audio = EncodecConfig(  # facebook/encodec_32khz, as in musicgen-small
         sampling_rate=32000,
-        audio_channels=1,
         num_filters=64,
-        hidden_size=128,
         codebook_size=2048,
-        codebook_dim=128,
         upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2,
-        num_residual_layers=1,
         target_bandwidths=[2.2],
-        chunk_length_s=None,
-        overlap=None,
-        normalize=False,
-        compress=2,
-        kernel_size=7,
-        last_kernel_size=7,
-        residual_kernel_size=3,
-        dilation_growth_rate=2,
         use_causal_conv=False,
         use_conv_shortcut=False,
-        norm_type="weight_norm",
-        pad_mode="reflect",
-        trim_right_ratio=1.0,
     )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        max_position_embeddings=2048,
-        num_hidden_layers=num_layers or 24,
-        ffn_dim=4096,
-        num_attention_heads=16,
-        hidden_size=1024,
-        num_codebooks=4,
-        dropout=0.1,
-        activation_function="gelu",
-        pad_token_id=2048,
-        bos_token_id=2048,
-        decoder_start_token_id=2048,
-        audio_channels=1,
-    )
+    decoder = MusicgenDecoderConfig(num_hidden_layers=num_layers or 24, decoder_start_token_id=2048)
     cfg = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     cfg.decoder_start_token_id = 2048
     cfg.pad_token_id = 2048
