@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -419,3 +422,23 @@ def test_card_metadata_rules_are_checked_offline():
             check_card_metadata(good[:header_end] + "\n" + bad_line + good[header_end:])
     with pytest.raises(ValueError, match="no YAML metadata block"):
         check_card_metadata("# just a title\n")
+
+
+SERVED = """
+import os, sys
+from huggingface_hub import HfApi, constants
+assert constants.ENDPOINT == os.environ["HF_ENDPOINT"] and not constants.HF_HUB_OFFLINE and "HF_TOKEN" not in os.environ
+HfApi().upload_file(path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=HfApi().create_repo("user/served").repo_id)
+print(sorted(HfApi().list_repo_files("user/served")))
+sys.exit(3)
+"""
+
+
+def test_serve_runs_a_command_against_a_fresh_server_and_returns_its_status(tmp_path):
+    serve = Path(__file__).parent / "hub" / "serve.py"
+    env = {**os.environ, "HF_TOKEN": "hf_should_not_be_sent"}
+    command = [sys.executable, str(serve), "--hf-home", str(tmp_path), "--", sys.executable, "-c", SERVED]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip() == "['.gitattributes', 'a.txt']"
+    assert result.stderr.startswith("HF_ENDPOINT=http://127.0.0.1:")
