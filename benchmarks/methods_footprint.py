@@ -46,8 +46,12 @@ import tempfile
 import time
 from typing import Any
 
-# What DESIGN.md §5 expects for MusicGen-small, printed next to the measured numbers (never used to compute).
-DESIGN = {
+from musicpeft.io import atomic_write_json
+
+# The counts planned for MusicGen-small before any was measured (soft prompt: 30 x 768; cross-attention K+V:
+# 24 layers x 2 x 1024 x 1024; LoRA r=16: "the usual decoder targets"), printed next to the measured numbers
+# (never used to compute).
+EXPECTED = {
     "text_encoder": 109.6e6,
     "decoder": 419.6e6,
     "encodec": 57.6e6,
@@ -69,64 +73,24 @@ PIVOTAL_PERCENT = 5.0
 def musicgen_small_config(num_layers: int | None = None):
     """A MusicgenConfig shaped like facebook/musicgen-small (`num_layers` cuts text encoder and decoder).
 
-    Built the way `musicpeft.tiny.tiny_musicgen_config` builds the tiny one, with musicgen-small's sizes.
+    Only what differs from transformers' defaults is written: T5Config's defaults are T5's, and
+    MusicgenDecoderConfig's are musicgen-small's decoder (24 layers, width 1024, 16 heads, 4 codebooks of 2048).
     """
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
-    text = T5Config(
-        vocab_size=32128,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=num_layers or 12,
-        num_heads=12,
-        relative_attention_num_buckets=32,
-        dropout_rate=0.1,
-        feed_forward_proj="relu",
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
+    text = T5Config(  # T5-base's encoder
+        d_model=768, d_ff=3072, num_layers=num_layers or 12, num_heads=12, decoder_start_token_id=0
     )
     audio = EncodecConfig(  # facebook/encodec_32khz, as in musicgen-small
         sampling_rate=32000,
-        audio_channels=1,
         num_filters=64,
-        hidden_size=128,
         codebook_size=2048,
-        codebook_dim=128,
         upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2,
-        num_residual_layers=1,
         target_bandwidths=[2.2],
-        chunk_length_s=None,
-        overlap=None,
-        normalize=False,
-        compress=2,
-        kernel_size=7,
-        last_kernel_size=7,
-        residual_kernel_size=3,
-        dilation_growth_rate=2,
         use_causal_conv=False,
         use_conv_shortcut=False,
-        norm_type="weight_norm",
-        pad_mode="reflect",
-        trim_right_ratio=1.0,
     )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        max_position_embeddings=2048,
-        num_hidden_layers=num_layers or 24,
-        ffn_dim=4096,
-        num_attention_heads=16,
-        hidden_size=1024,
-        num_codebooks=4,
-        dropout=0.1,
-        activation_function="gelu",
-        pad_token_id=2048,
-        bos_token_id=2048,
-        decoder_start_token_id=2048,
-        audio_channels=1,
-    )
+    decoder = MusicgenDecoderConfig(num_hidden_layers=num_layers or 24, decoder_start_token_id=2048)
     cfg = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     cfg.decoder_start_token_id = 2048
     cfg.pad_token_id = 2048
@@ -186,42 +150,53 @@ def describe(name: str) -> str:
     raise ValueError(name)
 
 
-def attach(name: str, model: Any, tokenizer: Any) -> tuple[Any, str, dict[str, int]]:
-    """Adapt `model` for method `name`; returns (what to run, the text to train on, a breakdown of trainables)."""
+def adapt(kind: str, model: Any, tokenizer: Any, **prompt_options: Any) -> Any:
+    """`model` adapted through the public API for one kind of benchmarked method (perf.py uses it too).
+
+    Kinds: "soft_prompt" (`prompt_options` go to its config), "lora_<preset>", "concept_tokens",
+    "pivotal_random" and "full_decoder". "pivotal_random" is stage 2 straight away: a random selection needs
+    no stage-1 masks (DreamStyler's 5%-random ablation) and trains as many W_V entries as the pivotal one would.
+    """
     import musicpeft
     from musicpeft.training.presets import lora_config, prepare_full_finetune
 
+    if kind == "soft_prompt":
+        return musicpeft.add_adapter(model, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30, **prompt_options))
+    if kind.startswith("lora_"):
+        return musicpeft.add_adapter(model, lora_config(model, kind[5:], r=LORA_RANK))
+    if kind in ("concept_tokens", "pivotal_random"):
+        musicpeft.bind_processor(model, tokenizer)  # the tokenizer gets the identifier tokens
+        if kind == "concept_tokens":
+            return musicpeft.add_adapter(model, musicpeft.ConceptIdentifierConfig(concepts=["koto"]))
+        config = musicpeft.PivotalMaskConfig(
+            concepts=["koto"], stage="tune", selection="random", percent=PIVOTAL_PERCENT, selection_seed=0
+        )
+        return musicpeft.add_adapter(model, config)
+    if kind == "full_decoder":
+        prepare_full_finetune(model)
+        return model
+    raise ValueError(f"Unknown kind of method {kind!r}.")
+
+
+def attach(name: str, model: Any, tokenizer: Any) -> tuple[Any, str, dict[str, int]]:
+    """Adapt `model` for method `name`; returns (what to run, the text to train on, a breakdown of trainables)."""
+    if name not in method_names():
+        raise ValueError(f"Unknown method {name!r}; known: {', '.join(method_names())}.")
     if name.startswith("soft_prompt_"):
         position = "encoder_input" if name.endswith("input") else "encoder_output"
-        config = musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30, position=position)
-        return musicpeft.add_adapter(model, config), TEXT, {}
-    if name.startswith("lora_"):
-        return musicpeft.add_adapter(model, lora_config(model, name[5:], r=LORA_RANK)), TEXT, {}
-    if name in ("pivotal_stage2", "concept_tokens"):
-        musicpeft.bind_processor(model, tokenizer)  # the tokenizer gets the identifier tokens
-        if name == "pivotal_stage2":
-            # Stage 2 straight away: random selection needs no stage-1 masks (DreamStyler's 5%-random ablation);
-            # it trains as many W_V entries as the pivotal selection would.
-            config = musicpeft.PivotalMaskConfig(
-                concepts=["koto"], stage="tune", selection="random", percent=PIVOTAL_PERCENT, selection_seed=0
-            )
-        else:
-            config = musicpeft.ConceptIdentifierConfig(concepts=["koto"])
-        peft_model = musicpeft.add_adapter(model, config)
-        breakdown = {}
-        if name == "pivotal_stage2":
-            breakdown = {k: v for k, v in peft_model.base_model.trainable_counts("default").items() if v}
-        return peft_model, CONCEPT_TEXT, breakdown
-    if name == "full_decoder":
-        prepare_full_finetune(model)
-        return model, TEXT, {}
-    raise ValueError(f"Unknown method {name!r}; known: {', '.join(method_names())}.")
+        return adapt("soft_prompt", model, tokenizer, position=position), TEXT, {}
+    runner = adapt("pivotal_random" if name == "pivotal_stage2" else name, model, tokenizer)
+    if name == "pivotal_stage2":
+        breakdown = {k: v for k, v in runner.base_model.trainable_counts("default").items() if v}
+        return runner, CONCEPT_TEXT, breakdown
+    return runner, CONCEPT_TEXT if name == "concept_tokens" else TEXT, {}
 
 
 # ----------------------------------------------------------------------------------------- one method's run
 
 
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str) -> int | None:
+    """A kB field of /proc/self/status (VmRSS, VmHWM); None where there is no /proc."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -232,7 +207,7 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -240,6 +215,13 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def peak_kb(resettable: bool) -> int:
+    """Peak RSS in kB: since the last reset when `reset_peak_rss()` worked, else of the whole process."""
+    if resettable:
+        return status_kb("VmHWM") or 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _folder_bytes(directory: str) -> dict[str, int]:
@@ -271,8 +253,8 @@ def run_method(name: str, num_layers: int | None, frames: int, steps: int, seed:
     result["build_s"] = time.perf_counter() - start
     result["sizes"] = component_sizes(model)
     gc.collect()
-    peak_resettable = _reset_peak_rss()
-    rss_base_kb = _status_kb("VmRSS")
+    peak_resettable = reset_peak_rss()
+    rss_base_kb = status_kb("VmRSS")
 
     tokenizer = make_t5_tokenizer()
     runner, text, breakdown = attach(name, model, tokenizer)
@@ -315,8 +297,7 @@ def run_method(name: str, num_layers: int | None, frames: int, steps: int, seed:
     result["step_s"] = times
     result["step_median_s"] = statistics.median(times) if times else first
     result["losses"] = losses
-    peak_kb = _status_kb("VmHWM") if peak_resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["peak_rss_bytes"] = (peak_kb or 0) * 1024
+    result["peak_rss_bytes"] = peak_kb(peak_resettable) * 1024
     result["peak_rss_scope"] = "after base build" if peak_resettable else "whole process"
     result["base_rss_bytes"] = (rss_base_kb or 0) * 1024
 
@@ -347,7 +328,8 @@ def run_method(name: str, num_layers: int | None, frames: int, steps: int, seed:
 # ------------------------------------------------------------------------------------------------- report
 
 
-def _mb(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """Bytes as kB / MB / GB (powers of 10), as the tables print them."""
     if n >= 1e9:
         return f"{n / 1e9:.2f} GB"
     if n >= 1e6:
@@ -362,13 +344,13 @@ def _count(n: float) -> str:
 def expectation(name: str, small: bool) -> str:
     scope = " (24-layer model)" if small else ""
     if name.startswith("soft_prompt_"):
-        return f"{DESIGN['soft_prompt']:,}"
+        return f"{EXPECTED['soft_prompt']:,}"
     if name.startswith("lora_"):
-        return f"≈{DESIGN['lora_r16'] / 1e6:.1f}M on “the usual decoder targets”{scope}"
+        return f"≈{EXPECTED['lora_r16'] / 1e6:.1f}M on “the usual decoder targets”{scope}"
     if name == "pivotal_stage2":
-        return f"cross-attn K+V = {DESIGN['cross_attn_kv'] / 1e6:.1f}M{scope}"
+        return f"cross-attn K+V = {EXPECTED['cross_attn_kv'] / 1e6:.1f}M{scope}"
     if name == "full_decoder":
-        return f"decoder {DESIGN['decoder'] / 1e6:.1f}M{scope}"
+        return f"decoder {EXPECTED['decoder'] / 1e6:.1f}M{scope}"
     return "—"
 
 
@@ -382,7 +364,7 @@ def trainable_cell(r: dict[str, Any]) -> str:
 def markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str:
     small = setup["small"]
     lines = [
-        "| method | trainable params | DESIGN.md §5 expects | adapter file | AdamW state | step 1 (s) "
+        "| method | trainable params | expected | adapter file | AdamW state | step 1 (s) "
         f"| step (s), median of {setup['steps']} | peak RSS | peak over base |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -392,9 +374,10 @@ def markdown(results: list[dict[str, Any]], setup: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| `{r['method']}` | {trainable_cell(r)} | {expectation(r['method'], small)} "
-            f"| {_mb(r['weights_file_bytes'])} | {_mb(r['optimizer_state_bytes'])} | {r['first_step_s']:.2f} "
-            f"| {r['step_median_s']:.2f} | {_mb(r['peak_rss_bytes'])} "
-            f"| {_mb(r['peak_rss_bytes'] - r['base_rss_bytes'])} |"
+            f"| {human_bytes(r['weights_file_bytes'])} | {human_bytes(r['optimizer_state_bytes'])} "
+            f"| {r['first_step_s']:.2f} "
+            f"| {r['step_median_s']:.2f} | {human_bytes(r['peak_rss_bytes'])} "
+            f"| {human_bytes(r['peak_rss_bytes'] - r['base_rss_bytes'])} |"
         )
     return "\n".join(lines)
 
@@ -408,9 +391,9 @@ def setup_lines(setup: dict[str, Any], results: list[dict[str, Any]]) -> str:
     out = [
         f"Model: MusicGen-small-shaped, random weights, {s['text_encoder_layers']}-layer T5 encoder, "
         f"{s['decoder_layers']}-layer decoder{' (--small)' if setup['small'] else ''}. Measured parameters: "
-        f"text encoder {_count(s['text_encoder'])} (DESIGN.md: {DESIGN['text_encoder'] / 1e6:.1f}M), "
-        f"decoder {_count(s['decoder'])} (DESIGN.md: {DESIGN['decoder'] / 1e6:.1f}M), "
-        f"EnCodec 32 kHz {_count(s['encodec'])} (DESIGN.md: {DESIGN['encodec'] / 1e6:.1f}M; frozen, not run), "
+        f"text encoder {_count(s['text_encoder'])} (expected: {EXPECTED['text_encoder'] / 1e6:.1f}M), "
+        f"decoder {_count(s['decoder'])} (expected: {EXPECTED['decoder'] / 1e6:.1f}M), "
+        f"EnCodec 32 kHz {_count(s['encodec'])} (expected: {EXPECTED['encodec'] / 1e6:.1f}M; frozen, not run), "
         f"enc_to_dec_proj {_count(s['enc_to_dec_proj'])}, total {_count(s['total'])}.",
         f"Batch: 1 example; text {text}; labels {label_shape} ([batch, frames + codebooks - 1, codebooks]: "
         f"{setup['frames']} frames of random codes with the delay pattern).",
@@ -454,8 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:  # one method, in its own process
         result = run_method(args.worker, SMALL_LAYERS if args.small else None, args.frames, args.steps, args.seed)
-        with open(args.result, "w") as handle:
-            json.dump(result, handle)
+        atomic_write_json(args.result, result, indent=None)
         return 0
 
     methods = _parse_methods(args.methods)
@@ -531,8 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     print(setup_lines(setup, results))
     print(f"\nRun time: {total:.0f} s on {setup['machine']}.")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"setup": setup, "design_expectations": DESIGN, "results": results}, handle, indent=2)
+        atomic_write_json(args.json, {"setup": setup, "expected": EXPECTED, "results": results})
     return 1 if any("error" in r for r in results) else 0
 
 

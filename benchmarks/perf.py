@@ -50,7 +50,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import sys
@@ -61,13 +60,25 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# Run as a script, Python puts benchmarks/ on the path: the shared model and method definitions come from there.
+from methods_footprint import (
+    LORA_RANK,
+    PIVOTAL_PERCENT,
+    adapt,
+    build_model,
+    human_bytes,
+    peak_kb,
+    reset_peak_rss,
+    status_kb,
+)
+
+from musicpeft.io import atomic_write, atomic_write_json, atomic_write_text
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the parent forks after using a tokenizer
 
 TEXT = "a slow koto melody with soft piano and bright strings"
 CONCEPT_TEXT = "a slow <koto> melody with soft piano and bright strings"  # `<koto>`: 3 identifier tokens
 LORA_REFERENCE = "lora_attn"  # stock peft LoRA (r=16) on the decoder's self- and cross-attention
-LORA_RANK = 16
-PIVOTAL_PERCENT = 5.0
 GUIDANCE = 3.0
 
 # What docs/performance.md promises; the report says for each whether today's numbers meet it.
@@ -131,9 +142,6 @@ def build_base(size: str, seed: int = 0) -> Any:
 
         model = tiny_musicgen(seed=seed)
     else:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from methods_footprint import build_model
-
         model = build_model(None, seed)
     torch.manual_seed(seed)
     return model.eval().requires_grad_(False)
@@ -141,57 +149,15 @@ def build_base(size: str, seed: int = 0) -> Any:
 
 def attach(name: str, model: Any, tokenizer: Any) -> tuple[Any, str]:
     """Adapt `model` for `name` through the public API; returns (what to run, its prompt)."""
-    import musicpeft
-    from musicpeft.training.presets import lora_config, prepare_full_finetune
-
+    if name not in method_names():
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(method_names())}")
     if name == "base":
         return model, TEXT
-    if name == "soft_prompt":
-        return musicpeft.add_adapter(model, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30)), TEXT
-    if name.startswith("lora_"):
-        return musicpeft.add_adapter(model, lora_config(model, name[5:], r=LORA_RANK)), TEXT
-    if name in ("concept_tokens", "pivotal_unmerged"):
-        musicpeft.bind_processor(model, tokenizer)  # the tokenizer learns the identifier tokens
-        if name == "concept_tokens":
-            config = musicpeft.ConceptIdentifierConfig(concepts=["koto"])
-        else:  # stage 2 straight away: a random selection needs no stage-1 masks
-            config = musicpeft.PivotalMaskConfig(
-                concepts=["koto"], stage="tune", selection="random", percent=PIVOTAL_PERCENT, selection_seed=0
-            )
-        return musicpeft.add_adapter(model, config), CONCEPT_TEXT
-    if name == "full_ft":
-        prepare_full_finetune(model)
-        return model, TEXT
-    raise ValueError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    kind = {"pivotal_unmerged": "pivotal_random", "full_ft": "full_decoder"}.get(name, name)
+    return adapt(kind, model, tokenizer), CONCEPT_TEXT if name in ("concept_tokens", "pivotal_unmerged") else TEXT
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
-
-
-def _peak_kb(resettable: bool) -> int:
-    if resettable:
-        return _status_kb("VmHWM") or 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _timed(fn, walls: list[float] | None = None) -> float:
@@ -219,8 +185,8 @@ def measure_method(name: str, base: Any, size: Size, workdir: str, seed: int) ->
     # An untouched copy of the base to time generation against, made before the memory baseline is taken.
     reference = None if name == "base" else copy.deepcopy(base)
     gc_collect()
-    resettable = _reset_peak_rss()
-    rss_before_kb = _status_kb("VmRSS") or 0
+    resettable = reset_peak_rss()
+    rss_before_kb = status_kb("VmRSS") or 0
     runner, text = attach(name, base, tokenizer)
     params = [p for p in runner.parameters() if p.requires_grad]
     out["trainable"] = sum(p.numel() for p in params)
@@ -245,7 +211,7 @@ def measure_method(name: str, base: Any, size: Size, workdir: str, seed: int) ->
         step()  # warm-up; also allocates the AdamW state
         out["train_step_wall_s"] = []
         out["train_step_s"] = [_timed(step, out["train_step_wall_s"]) for _ in range(size.repeats)]
-        out["train_mem_bytes"] = (_peak_kb(resettable) - rss_before_kb) * 1024
+        out["train_mem_bytes"] = (peak_kb(resettable) - rss_before_kb) * 1024
         out["peak_scope"] = "VmHWM since attach" if resettable else "ru_maxrss of the child"
         del optimizer
         runner.eval()
@@ -333,8 +299,7 @@ def in_child(fn, *args) -> dict[str, Any]:
             result = {"error": f"{type(exc).__name__}: {exc}"[:300], "traceback": traceback.format_exc()[-3000:]}
             code = 1
         try:
-            with open(path, "w") as handle:
-                json.dump(result, handle)
+            atomic_write_json(path, result, indent=None)
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -364,13 +329,13 @@ def encoder_calls_second_epoch(workdir: str, seed: int = 0) -> dict[str, Any]:
     data = os.path.join(workdir, "clips")
     os.makedirs(data, exist_ok=True)
     rng = np.random.default_rng(seed)
-    with open(os.path.join(data, "metadata.jsonl"), "w") as handle:
-        for i in range(6):
-            tone = 0.3 * np.sin(2 * np.pi * (220 + 40 * i) * np.arange(16000) / 16000)
-            sf.write(
-                os.path.join(data, f"clip{i}.wav"), (tone + 0.01 * rng.standard_normal(16000)).astype("float32"), 16000
-            )
-            handle.write(json.dumps({"path": f"clip{i}.wav", "description": f"a koto tone number {i}"}) + "\n")
+    records = []
+    for i in range(6):
+        tone = 0.3 * np.sin(2 * np.pi * (220 + 40 * i) * np.arange(16000) / 16000)
+        clip = (tone + 0.01 * rng.standard_normal(16000)).astype("float32")
+        atomic_write(os.path.join(data, f"clip{i}.wav"), lambda tmp, clip=clip: sf.write(tmp, clip, 16000))
+        records.append(json.dumps({"path": f"clip{i}.wav", "description": f"a koto tone number {i}"}) + "\n")
+    atomic_write_text(os.path.join(data, "metadata.jsonl"), "".join(records))
 
     calls = {"n": 0}
     original = EncodecModel.encode
@@ -502,14 +467,6 @@ def _ratio(a: float | None, b: float | None) -> float:
     return a / b
 
 
-def _bytes(n: float) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} kB"
-
-
 def _cell(ratio: float, absolute: str | None = None) -> str:
     if not math.isfinite(ratio):
         return "—"
@@ -536,14 +493,15 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         mem = r["train_mem_bytes"]
         file_cell = "—"
         if "file_vs_floor" in r:
-            file_cell = f"{r['file_vs_floor']:.2f}× ({_bytes(r['adapter_bytes'])} / {_bytes(r['floor_bytes'])})"
+            adapter, floor = human_bytes(r["adapter_bytes"]), human_bytes(r["floor_bytes"])
+            file_cell = f"{r['file_vs_floor']:.2f}× ({adapter} / {floor})"
         lines.append(
             f"| {label} | {r['trainable']:,} "
             f"| {_cell(r['gen_greedy_vs_base'], _ms(r['gen_greedy_s']))} "
             f"| {_cell(r['gen_cfg_vs_base'], _ms(r['gen_cfg_s']))} "
             f"| {_cell(r['gen_greedy_vs_lora'])} | {_cell(r['gen_cfg_vs_lora'])} "
             f"| {_cell(r['train_step_vs_lora'], _ms(r['train_step_s']) if math.isfinite(r['train_step_s']) else None)} "
-            f"| {_cell(r['train_mem_vs_lora'], _bytes(mem) if math.isfinite(mem) else None)} "
+            f"| {_cell(r['train_mem_vs_lora'], human_bytes(mem) if math.isfinite(mem) else None)} "
             f"| {file_cell} | {_cell(r['load_vs_lora'], _ms(r['load_s']) if math.isfinite(r['load_s']) else None)} |"
         )
     return "\n".join(lines)
@@ -634,11 +592,8 @@ def run(
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
+    """Write atomically (a reader never sees half a file); values JSON does not know are written as text."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _setup(load_average: tuple[float, float, float], seconds: float) -> dict[str, Any]:

@@ -23,19 +23,19 @@ Memory, per case and variant (both exact, from torch itself):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from musicpeft.io import atomic_write_json
+from musicpeft.tuners.pivotal_mask import PivotalLinear, random_percent
+
 CASES = {"decoding": ((2, 1), False), "training": ((2, 500), True)}
 
 
 def build(layers: int, width: int, percent: float) -> list:
-    from musicpeft.tuners.pivotal_mask import PivotalLinear, random_percent
-
     torch.manual_seed(0)
     stack = []
     for i in range(layers):
@@ -154,8 +154,7 @@ def main() -> None:
               f"{mem['new']['peak_mb']:>12.2f} {mem['old']['kept_mb']:>12.2f} {mem['new']['kept_mb']:>12.2f}")
     print("max |old - new| per layer output:", {c: f"{r['max_abs_difference']:.1e}" for c, r in results.items()})
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        atomic_write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ import json
 import os
 
 import numpy as np
+import soundfile as sf
+from _common import example_parser, markdown_table, write_report
+
+from musicpeft.io import atomic_write, atomic_write_text
+from musicpeft.tiny.world import world_clips
+from musicpeft.train_cli import TrainArguments, run_training
 
 # instrument of the micro-world -> MusicNet ensemble name
 ENSEMBLES = {"piano": "Solo Piano", "strings": "String Quartet", "flute": "Solo Flute", "clarinet": "Solo Clarinet",
@@ -34,8 +40,7 @@ ENSEMBLES = {"piano": "Solo Piano", "strings": "String Quartet", "flute": "Solo 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="audioldm2-ft")
+    parser = example_parser(__doc__, "audioldm2-ft")
     parser.add_argument("--base", default="tiny-audioldm2", help="AudioLDM2 pipeline folder or Hub id; tiny = random.")
     parser.add_argument("--audio_folder", default=None,
                         help="Folder with metadata.jsonl (MusicNet layout); default: written from the micro-world.")
@@ -49,7 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=5e-5, help="Paper: 5e-5 (weight decay 0.01).")
     parser.add_argument("--lora_r", type=int, default=8)
     parser.add_argument("--eval_fraction", type=float, default=0.25)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -65,26 +69,19 @@ def musicnet_caption(piece: str, instrument: str) -> dict:
 
 def write_world_folder(folder: str, instruments: list[str], n: int, seconds: float, rate: int, seed: int) -> int:
     """Rendered micro-world clips as WAV files plus ``metadata.jsonl``; returns the number of clips."""
-    import soundfile as sf
-
-    from musicpeft.tiny.world import world_clips
-
     os.makedirs(folder, exist_ok=True)
     records = []
     for instrument in instruments:
         for i, clip in enumerate(world_clips(instrument, "train", n, seconds, rate, seed=seed)):
             name = f"{instrument}-{i:03d}.wav"
-            sf.write(os.path.join(folder, name), np.asarray(clip["audio"], np.float32), rate)
+            audio = np.asarray(clip["audio"], np.float32)
+            atomic_write(os.path.join(folder, name), lambda tmp, audio=audio: sf.write(tmp, audio, rate))
             records.append({"path": name, **musicnet_caption(clip["piece"], instrument)})
-    with open(os.path.join(folder, "metadata.jsonl.tmp"), "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(os.path.join(folder, "metadata.jsonl.tmp"), os.path.join(folder, "metadata.jsonl"))
+    atomic_write_text(os.path.join(folder, "metadata.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
     return len(records)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from musicpeft.train_cli import TrainArguments, run_training
-
     args = parse_args(argv)
     folder = args.audio_folder
     if folder is None:
@@ -101,17 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
             learning_rate=args.learning_rate, seed=args.seed))
         results[method] = summary
     weights = "random weights" if args.base == "tiny-audioldm2" else args.base
-    lines = [f"Base: {args.base} ({weights}).", "",
-             "| method | trainable | eval MSE before | best eval MSE | eval MSE after | steps |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for method, s in results.items():
-        lines.append(f"| {method} | {s['trainable_parameters']:,} | {s['eval_loss_before']:.4f} | "
-                     f"{s['best_eval_loss']:.4f} | {s['eval_loss_after']:.4f} | {s['steps']} |")
-    report = {"audio_folder": folder, "results": results, "table": "\n".join(lines)}
-    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    print(report["table"])
-    return report
+    header = ["method", "trainable", "eval MSE before", "best eval MSE", "eval MSE after", "steps"]
+    table = [[method, f"{s['trainable_parameters']:,}", f"{s['eval_loss_before']:.4f}", f"{s['best_eval_loss']:.4f}",
+              f"{s['eval_loss_after']:.4f}", s["steps"]] for method, s in results.items()]
+    report = {"audio_folder": folder, "results": results,
+              "table": f"Base: {args.base} ({weights}).\n\n" + markdown_table(header, table)}
+    return write_report(args.output_dir, report)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ The paper's settings (``--recipes`` takes any of the names below):
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 from dataclasses import dataclass, field, replace
 
+from _common import markdown_table, write_report
 from transformers import HfArgumentParser
 
 from musicpeft.metrics.core import ReferenceSet
@@ -101,19 +100,13 @@ def main(argv: list[str] | None = None) -> dict:
             "last_loss": result.losses[-1] if result.losses else None,
             **score_concepts(world, result.model, processor, single, multi, references, example.seconds,
                              base_args.seed)}
-    lines = ["| recipe | trainable | TA ↑ | AA ↑ | classifier: concept rate ↑ | TA both | AA both | ΔAA ↓ |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, r in results.items():
-        lines.append(f"| {label} | {r['trainable']:,} | {r['text_alignment']:.3f} | {r['audio_alignment']:.3f} | "
-                     f"{r['classifier_rate']:.2f} | {r['text_alignment_multi']:.3f} | "
-                     f"{r['audio_alignment_multi']:.3f} | {r['delta_audio_alignment']:.3f} |")
-    report = {"prompts": {"single": single, "both": multi}, "results": results, "table": "\n".join(lines),
-              "seconds": round(time.perf_counter() - started, 1)}
-    os.makedirs(example.output_dir, exist_ok=True)
-    with open(os.path.join(example.output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    print(report["table"])
-    return report
+    header = ["recipe", "trainable", "TA ↑", "AA ↑", "classifier: concept rate ↑", "TA both", "AA both", "ΔAA ↓"]
+    table = [[label, f"{r['trainable']:,}", f"{r['text_alignment']:.3f}", f"{r['audio_alignment']:.3f}",
+              f"{r['classifier_rate']:.2f}", f"{r['text_alignment_multi']:.3f}", f"{r['audio_alignment_multi']:.3f}",
+              f"{r['delta_audio_alignment']:.3f}"] for label, r in results.items()]
+    report = {"prompts": {"single": single, "both": multi}, "results": results,
+              "table": markdown_table(header, table), "seconds": round(time.perf_counter() - started, 1)}
+    return write_report(example.output_dir, report)
 
 
 if __name__ == "__main__":

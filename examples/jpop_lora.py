@@ -30,18 +30,17 @@ The paper's optimiser settings (``--max_steps`` is what fits a CPU; the paper ra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
-from musicpeft.tiny.world import world_clips
-from musicpeft.training.musicgen_trainer import make_musicgen_trainer, token_cross_entropy
-from musicpeft.world_eval import codes_dataset, load_micro_world, method_model
+from _common import cpu_training_arguments, example_parser, markdown_table, train_musicgen, world_codes, write_report
+
+from musicpeft.training.musicgen_trainer import token_cross_entropy
+from musicpeft.world_eval import load_micro_world, method_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="jpop")
+    parser = example_parser(__doc__, "jpop")
     parser.add_argument("--methods", default="full,lora:self_attn,lora:attn,lora:attn_mlp",
                         help="Comma-separated: full, lora:<preset>, soft_prompt.")
     parser.add_argument("--instrument", default="koto", help="The new 'genre': a concept instrument.")
@@ -58,39 +57,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr_scheduler_type", default="constant", help="Paper: cosine.")
     parser.add_argument("--warmup_steps", type=int, default=0, help="Paper: 8.")
     parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank (alpha = 2r).")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 def train_one(world, method: str, train, validation, args: argparse.Namespace):
-    from transformers import TrainingArguments
-
     model = method_model(world.fresh_model(), method, lora_r=args.lora_r, seed=args.seed)
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, "trainer", method.replace(":", "-")), max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps, eval_strategy="steps", eval_steps=args.eval_steps,
-        logging_steps=args.eval_steps,
-        save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, disable_tqdm=True,
+    training_args = cpu_training_arguments(
+        os.path.join(args.output_dir, "trainer", method.replace(":", "-")), args, max_steps=args.max_steps,
+        weight_decay=args.weight_decay, lr_scheduler_type=args.lr_scheduler_type, warmup_steps=args.warmup_steps,
+        eval_strategy="steps", eval_steps=args.eval_steps, logging_steps=args.eval_steps, save_strategy="no",
     )
-    trainer = make_musicgen_trainer(model, world.processor, train, eval_dataset=validation, args=training_args,
-                                    early_stopping_patience=None)
-    trainer.train()
-    return model.eval(), trainer
+    return train_musicgen(world, model, train, validation, training_args, patience=None)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     world = load_micro_world()
-    rate = world.sampling_rate
-    train = codes_dataset(world_clips(args.instrument, "train", args.train_clips, args.clip_seconds, rate,
-                                      seed=args.seed), world.model)
-    validation = codes_dataset(world_clips(args.instrument, "heldout", args.validation_clips, args.clip_seconds, rate,
-                                           seed=args.seed), world.model)
-    other = codes_dataset(world_clips(args.forgetting_instrument, "heldout", args.validation_clips, args.clip_seconds,
-                                      rate, seed=args.seed), world.model)
+    train = world_codes(world, args.instrument, "train", args.train_clips, args.clip_seconds, args.seed)
+    validation = world_codes(world, args.instrument, "heldout", args.validation_clips, args.clip_seconds, args.seed)
+    other = world_codes(world, args.forgetting_instrument, "heldout", args.validation_clips, args.clip_seconds,
+                        args.seed)
 
     def ce(model, data) -> dict:
         return token_cross_entropy(model, world.processor, data, batch_size=args.batch_size)
@@ -107,22 +94,17 @@ def main(argv: list[str] | None = None) -> dict:
             "train_loss": [e["loss"] for e in history if "loss" in e],
             "eval_loss": [e["eval_loss"] for e in history if "eval_loss" in e],
         }
-    lines = [f"| method | trainable | {args.instrument} validation CE | perplexity | "
-             f"{args.forgetting_instrument} CE (forgetting) | validation CE over training |",
-             "|---|---:|---:|---:|---:|---|",
-             f"| base | 0 | {base['validation']['cross_entropy']:.3f} | {base['validation']['perplexity']:.2f} | "
-             f"{base['other']['cross_entropy']:.3f} | — |"]
+    header = ["method", "trainable", f"{args.instrument} validation CE", "perplexity",
+              f"{args.forgetting_instrument} CE (forgetting)", "validation CE over training"]
+    table = [["base", 0, f"{base['validation']['cross_entropy']:.3f}", f"{base['validation']['perplexity']:.2f}",
+              f"{base['other']['cross_entropy']:.3f}", "—"]]
     for method, r in rows.items():
-        curve = " → ".join(f"{v:.2f}" for v in r["eval_loss"])
-        lines.append(f"| {method} | {r['trainable']:,} | {r['validation']['cross_entropy']:.3f} | "
-                     f"{r['validation']['perplexity']:.2f} | {r['other']['cross_entropy']:.3f} | {curve} |")
-    report = {"base": base, "methods": rows, "table": "\n".join(lines),
+        table.append([method, f"{r['trainable']:,}", f"{r['validation']['cross_entropy']:.3f}",
+                      f"{r['validation']['perplexity']:.2f}", f"{r['other']['cross_entropy']:.3f}",
+                      " → ".join(f"{v:.2f}" for v in r["eval_loss"])])
+    report = {"base": base, "methods": rows, "table": markdown_table(header, table, align="lrrrrl"),
               "seconds": round(time.perf_counter() - started, 1)}
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    print(report["table"])
-    return report
+    return write_report(args.output_dir, report)
 
 
 if __name__ == "__main__":

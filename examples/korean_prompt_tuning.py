@@ -29,12 +29,13 @@ The paper's settings (hours on 2 CPU cores with the tiny models; its clips were 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
+from _common import cpu_training_arguments, example_parser, markdown_table, train_musicgen, write_report
 
+import musicpeft
 from musicpeft.tiny.world import caption_for, world_clips
 from musicpeft.world_eval import ConceptScorer, codes_dataset, generate, load_micro_world
 
@@ -42,8 +43,7 @@ CATEGORIES = ("instrument", "style", "caption", "no instrument word")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="korean-prompt")
+    parser = example_parser(__doc__, "korean-prompt")
     parser.add_argument("--instrument", default="koto", help="A concept instrument of the micro-world.")
     parser.add_argument("--num_virtual_tokens", type=int, default=30, help="Prompt vectors (paper: 30).")
     parser.add_argument("--epochs", type=float, default=4, help="Training epochs (paper: up to 100).")
@@ -57,7 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip_seconds", type=float, default=2.0, help="Clip length (paper: 30 s).")
     parser.add_argument("--prompts_per_category", type=int, default=3, help="Prompts per category (paper: 20).")
     parser.add_argument("--guidance_scale", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -75,24 +74,13 @@ def prompt_categories(instrument: str, heldout: list[dict], n: int) -> dict[str,
 
 def train_prompt(world, train, validation, args: argparse.Namespace):
     """The paper's recipe: the library's Trainer, evaluation each epoch, early stopping, best prompt kept."""
-    from transformers import TrainingArguments
-
-    import musicpeft
-    from musicpeft.training.musicgen_trainer import make_musicgen_trainer
-
     model = musicpeft.add_adapter(world.fresh_model(), musicpeft.SoftMusicPromptConfig(
         num_virtual_tokens=args.num_virtual_tokens, init_seed=args.seed))
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, "trainer"), num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lr_scheduler_type="constant", eval_strategy="epoch",
-        logging_strategy="epoch", save_strategy="epoch", save_total_limit=2, report_to=[], seed=args.seed,
-        use_cpu=True, disable_tqdm=True,
+    training_args = cpu_training_arguments(
+        os.path.join(args.output_dir, "trainer"), args, num_train_epochs=args.epochs, lr_scheduler_type="constant",
+        eval_strategy="epoch", logging_strategy="epoch", save_strategy="epoch", save_total_limit=2,
     )
-    trainer = make_musicgen_trainer(model, world.processor, train, eval_dataset=validation, args=training_args,
-                                    early_stopping_patience=args.patience)
-    trainer.train()
-    return model.eval(), trainer
+    return train_musicgen(world, model, train, validation, training_args, patience=args.patience)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,8 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     before = evaluate(world.model)
     model, trainer = train_prompt(world, train, validation, args)
     after = evaluate(model)
-    import musicpeft
-
     adapter_dir = os.path.join(args.output_dir, "adapter")
     musicpeft.save_adapter(model, adapter_dir)
     epochs = [e for e in trainer.state.log_history if "eval_loss" in e]
@@ -132,21 +118,16 @@ def main(argv: list[str] | None = None) -> dict:
         "adapter_dir": adapter_dir,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    lines = ["| category | CLAP before | CLAP after | KLD before | KLD after | koto rate before | koto rate after |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in CATEGORIES:
-        b, a = before[name], after[name]
-        lines.append(f"| {name} | {b['clap_score']:.3f} | {a['clap_score']:.3f} | {b['kld']:.3f} | {a['kld']:.3f} | "
-                     f"{b['classifier_rate']:.2f} | {a['classifier_rate']:.2f} |")
+    header = ["category", "CLAP before", "CLAP after", "KLD before", "KLD after",
+              f"{args.instrument} rate before", f"{args.instrument} rate after"]
+    table = [[name, f"{before[name]['clap_score']:.3f}", f"{after[name]['clap_score']:.3f}",
+              f"{before[name]['kld']:.3f}", f"{after[name]['kld']:.3f}", f"{before[name]['classifier_rate']:.2f}",
+              f"{after[name]['classifier_rate']:.2f}"] for name in CATEGORIES]
     mean_change = float(np.mean([after[c]["clap_score"] - before[c]["clap_score"] for c in CATEGORIES]))
-    lines.append(f"\nMean CLAP change over the categories: {mean_change:+.4f} (paper: +0.0752 over 80 prompts). "
-                 f"Epochs run: {len(epochs)} (early stopping, patience {args.patience}).")
-    report["table"] = "\n".join(lines).replace("koto", args.instrument)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    print(report["table"])
-    return report
+    report["table"] = (markdown_table(header, table)
+                       + f"\n\nMean CLAP change over the categories: {mean_change:+.4f} (paper: +0.0752 over 80 "
+                       f"prompts). Epochs run: {len(epochs)} (early stopping, patience {args.patience}).")
+    return write_report(args.output_dir, report)
 
 
 if __name__ == "__main__":

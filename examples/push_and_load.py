@@ -12,6 +12,10 @@ differ from the base's (so the pushed weights are the trained ones, not a fresh 
     huggingface-cli login        # or set HF_TOKEN; any Hub-compatible server works via HF_ENDPOINT
     python examples/push_and_load.py --repo_id <user>/tiny-koto-prompt
 
+Without a Hub account, from a checkout: the test suite's local Hub server runs it with HF_ENDPOINT set:
+
+    python tests/hub/serve.py -- python examples/push_and_load.py --repo_id user/tiny-koto-prompt
+
 The soft-prompt paper's training settings are flags (``--num_virtual_tokens 30 --batch_size 32
 --learning_rate 1e-5 --steps ...``); see ``examples/korean_prompt_tuning.py`` for the full recipe.
 """
@@ -23,18 +27,18 @@ import os
 import tempfile
 
 import torch
+from _common import example_parser, world_codes
 from peft import PeftModel
 
 import musicpeft
-from musicpeft.tiny.world import world_clips
+from musicpeft.training.collator import base_musicgen
 from musicpeft.training.musicgen_trainer import token_cross_entropy
-from musicpeft.world_eval import codes_dataset, load_micro_world, train_soft_prompt
+from musicpeft.world_eval import load_micro_world, train_soft_prompt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = example_parser(__doc__, None, "Where the adapter is saved first (default: a temp dir).")
     parser.add_argument("--repo_id", required=True, help="Hub repo to push to, e.g. user/tiny-koto-prompt.")
-    parser.add_argument("--output_dir", default=None, help="Where the adapter is saved first (default: a temp dir).")
     parser.add_argument("--private", action="store_true", help="Create the repo private.")
     parser.add_argument("--instrument", default="koto")
     parser.add_argument("--steps", type=int, default=10)
@@ -43,15 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=3e-2, help="Paper: 1e-5 (for 100 epochs).")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--clip_seconds", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 @torch.no_grad()
 def logits(model, processor, text: str) -> torch.Tensor:
     """The decoder's logits for a fixed prompt and fixed audio codes: what an adapter changes."""
-    from musicpeft.training.collator import base_musicgen
-
     inner = base_musicgen(model)
     inputs = processor(text=[text], return_tensors="pt")
     books, vocab = inner.decoder.num_codebooks, inner.config.decoder.vocab_size
@@ -62,12 +63,10 @@ def logits(model, processor, text: str) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     world = load_micro_world()
-    rate = world.sampling_rate
-    rows = world_clips(args.instrument, "train", args.clips, args.clip_seconds, rate, seed=args.seed)
-    heldout = codes_dataset(world_clips(args.instrument, "heldout", max(2, args.clips // 2), args.clip_seconds, rate,
-                                        seed=args.seed), world.model)
+    train = world_codes(world, args.instrument, "train", args.clips, args.clip_seconds, args.seed)
+    heldout = world_codes(world, args.instrument, "heldout", max(2, args.clips // 2), args.clip_seconds, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
-        trained, _ = train_soft_prompt(world.fresh_model(), world.processor, codes_dataset(rows, world.model),
+        trained, _ = train_soft_prompt(world.fresh_model(), world.processor, train,
                                        steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
                                        num_virtual_tokens=args.num_virtual_tokens, seed=args.seed, output_dir=scratch,
                                        progress=False)
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ce_trained = token_cross_entropy(trained, world.processor, heldout)["cross_entropy"]
     card = {
         "description": f"A {args.instrument} soft prompt for the musicpeft tiny trained MusicGen ({args.steps} steps).",
-        "training_data": f"{len(rows)} rendered {args.instrument} clips of the micro-world's training pieces "
+        "training_data": f"{len(train)} rendered {args.instrument} clips of the micro-world's training pieces "
                          "(music21 corpus, General MIDI soundfont).",
         "metrics": {"held-out token cross-entropy, base": round(ce_base, 4),
                     "held-out token cross-entropy, with the prompt": round(ce_trained, 4)},

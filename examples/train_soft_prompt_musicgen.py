@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import argparse
 
+from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
 import musicpeft
 from musicpeft.data.dataset import load_audio_folder, make_rendered_dataset
-from musicpeft.training.collator import precompute_codes
+from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
+from musicpeft.training.collator import init_codebooks_from_audio, precompute_codes
 from musicpeft.training.encoding_cache import default_cache_dir
 from musicpeft.training.musicgen_trainer import make_musicgen_trainer, token_cross_entropy
 
 
 def load_base(base: str):
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
     if base == "tiny":
-        from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
-
         return tiny_musicgen(seed=0), tiny_musicgen_processor()
     return MusicgenForConditionalGeneration.from_pretrained(base), AutoProcessor.from_pretrained(base)
 
@@ -58,8 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_data(args.data, model.config.audio_encoder.sampling_rate, args.clip_seconds, args.rendered_clips)
     split = data.train_test_split(test_size=0.25, seed=0)
     if args.base == "tiny":  # a config-built EnCodec maps every frame to code 0 until its codebooks are seeded
-        from musicpeft.training.collator import init_codebooks_from_audio
-
         init_codebooks_from_audio(model, split["train"]["audio"])
     # EnCodec once per clip, cached on disk by clip and codec: no epoch encodes again
     cache = None if args.encode_cache == "none" else args.encode_cache

@@ -22,13 +22,18 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import soundfile
 import torch
-from transformers import HfArgumentParser
+from _common import write_report
+from transformers import AutoProcessor, HfArgumentParser, MusicgenForConditionalGeneration
 
 import musicpeft
 from musicpeft import concepts
 from musicpeft.data import render_clips
 from musicpeft.diagnostics import concept_similarity
+from musicpeft.io import atomic_write
+from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
+from musicpeft.training.collator import init_codebooks_from_audio
 from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
 
 KOTO, SHAMISEN = 107, 106  # General MIDI programs
@@ -49,11 +54,7 @@ class ExampleArguments:
 
 
 def load_model(path: str | None):
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
     if path is None:
-        from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
-
         return tiny_musicgen(), tiny_musicgen_processor(), True
     return MusicgenForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path), False
 
@@ -76,8 +77,6 @@ def main() -> None:
     koto = render_clips(example.clips, example.seconds, rate, program=KOTO, seed=0)
     shamisen = render_clips(example.clips, example.seconds, rate, program=SHAMISEN, seed=1)
     if tiny:
-        from musicpeft.training.collator import init_codebooks_from_audio
-
         init_codebooks_from_audio(model, koto + shamisen)
     data = [
         ConceptData("koto", koto, rate, prompts=["<koto>", "<koto> music"], init_word="koto"),
@@ -95,17 +94,14 @@ def main() -> None:
     # The saved adapter on a fresh copy of the base: placeholders work as soon as the processor is bound.
     fresh_model, fresh_processor, _ = load_model(example.model)
     if tiny:
-        from musicpeft.training.collator import init_codebooks_from_audio
-
         init_codebooks_from_audio(fresh_model, koto + shamisen)
     reloaded = concepts.load_concept_adapter(fresh_model, adapter_dir, processor=fresh_processor)
     again = generate(reloaded, fresh_processor, example.prompts, example, args.seed)
 
-    import soundfile
-
     for prompt, waveform in zip(example.prompts, audio, strict=True):
         name = "".join(c if c.isalnum() else "_" for c in prompt).strip("_")
-        soundfile.write(os.path.join(example.output_dir, f"{name}.wav"), waveform, rate)
+        atomic_write(os.path.join(example.output_dir, f"{name}.wav"),
+                     lambda tmp, waveform=waveform: soundfile.write(tmp, waveform, rate))
     report = {
         "recipe": result.recipe,
         "selected": result.selected,
@@ -119,9 +115,7 @@ def main() -> None:
         "total_seconds": round(time.perf_counter() - start, 1),
         "audio_shape": list(audio.shape),
     }
-    with open(os.path.join(example.output_dir, "report.json"), "w") as handle:
-        json.dump(report, handle, indent=2)
-    print(json.dumps(report, indent=2))
+    write_report(example.output_dir, report, show=json.dumps(report, indent=2))
 
 
 def _parse() -> tuple[ExampleArguments, DreamStylerArguments]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build musicpeft's wheel, install it into a fresh venv (no source tree on the path) and use it as a user would:
-# the offline demo, an evaluation, and `musicpeft push` (model card template, results table, samples) against a
-# local Hub server started from the installed package. Catches files that work from a checkout but are missing
+# the offline demo, an evaluation, and `musicpeft push` (model card template, results table, samples) against the
+# test suite's local Hub server (tests/hub, standard library only, run by the fresh venv's Python). Catches files that work from a checkout but are missing
 # from the wheel. Usage: bash scripts/check_wheel.sh [work folder, default: a temporary one]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +15,14 @@ python3 -m venv "$work/build-venv"
 "$work/build-venv/bin/python" -m build --wheel --outdir "$work/dist" "$repo" > "$work/build.log"
 wheel="$(ls "$work"/dist/musicpeft-*.whl)"
 echo "built $(basename "$wheel")"
-for packaged in musicpeft/templates/adapter_card.md musicpeft/testing/hub_server.py \
+for packaged in musicpeft/templates/adapter_card.md \
     musicpeft/tiny/weights/musicgen/model.safetensors musicpeft/tiny/weights/clap/model.safetensors; do
   python3 -c "import sys, zipfile; sys.exit(0 if sys.argv[2] in zipfile.ZipFile(sys.argv[1]).namelist() else 1)" \
     "$wheel" "$packaged" || { echo "the wheel lacks $packaged" >&2; exit 1; }
 done
+# Test helpers stay out of the product: the Hub test server lives in tests/hub.
+python3 -c "import sys, zipfile; bad = [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if '/testing/' in n or
+n.startswith(('tests/', 'hub/'))]; sys.exit(f'the wheel ships test code: {bad}' if bad else 0)" "$wheel"
 
 python3 -m venv "$work/venv"
 # The CPU build of torch first, as scripts/install.sh does (a bare `pip install torch` pulls a CUDA build).
@@ -35,31 +38,30 @@ printf '{"folk": ["a folk melody on koto"], "dance": ["a cheerful jig"]}' > "$wo
 "$work/venv/bin/musicpeft" evaluate --base tiny-musicgen-trained --adapters "koto=$work/demo/koto-prompt" \
   --prompts "$work/prompts.json" --reference rendered:107:2 --clap-model tiny-trained --seconds 1 --output-dir "$work/eval"
 
-# The checks below talk to the local server, so this process must not be offline.
-HF_HUB_OFFLINE=0 "$work/venv/bin/python" - "$work" <<'PY'
+# The checks below talk to a local Hub: tests/hub/serve.py starts one and runs the check with HF_ENDPOINT set to it
+# (online, a temporary HF_HOME, no token) before anything imports huggingface_hub.
+"$work/venv/bin/python" "$repo/tests/hub/serve.py" --hf-home "$work/hf_home" -- \
+  "$work/venv/bin/python" - "$work" <<'PY'
 import os
 import subprocess
 import sys
 
 from huggingface_hub import HfApi, ModelCard
 
-from musicpeft.testing import LocalHubServer, subprocess_env
-
 work = sys.argv[1]
-with LocalHubServer(max_lifetime_s=600) as server:
-    env = subprocess_env(server.endpoint, os.path.join(work, "hf_home"))
-    subprocess.run([os.path.join(work, "venv", "bin", "musicpeft"), "push", "--folder",
-                    os.path.join(work, "demo", "koto-prompt"), "--repo-id", "user/wheel-check",
-                    "--results", os.path.join(work, "eval", "results.json")], env=env, check=True)
-    api = HfApi(endpoint=server.endpoint)
-    files = set(api.list_repo_files("user/wheel-check"))
-    expected = {"README.md", "adapter_config.json", "adapter_model.safetensors", "musicpeft_adapter.json",
-                "samples/spectrograms.png"}
-    assert expected <= files, files
-    text = api.hf_hub_download("user/wheel-check", "README.md", cache_dir=os.path.join(work, "cache"))
-    card = ModelCard.load(text)
-    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-to-audio", card.data
-    assert "## How to load" in card.text and "| **koto** (this adapter) |" in card.text, card.text
+assert os.environ["HF_ENDPOINT"].startswith("http://127.0.0.1:"), os.environ["HF_ENDPOINT"]
+subprocess.run([os.path.join(work, "venv", "bin", "musicpeft"), "push", "--folder",
+                os.path.join(work, "demo", "koto-prompt"), "--repo-id", "user/wheel-check",
+                "--results", os.path.join(work, "eval", "results.json")], check=True)
+api = HfApi()
+files = set(api.list_repo_files("user/wheel-check"))
+expected = {"README.md", "adapter_config.json", "adapter_model.safetensors", "musicpeft_adapter.json",
+            "samples/spectrograms.png"}
+assert expected <= files, files
+text = api.hf_hub_download("user/wheel-check", "README.md", cache_dir=os.path.join(work, "cache"))
+card = ModelCard.load(text)
+assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-to-audio", card.data
+assert "## How to load" in card.text and "| **koto** (this adapter) |" in card.text, card.text
 print("push from the installed wheel: ok")
 PY
 echo "check_wheel: ok in $(( $(date +%s) - started )) s"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from fixtures import musicgen_inputs, musicgen_logits, perturb_adapter, tiny_musicgen
+from hub import LocalHubServer, client_env
 from huggingface_hub import ModelCard, get_session, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from peft import PeftModel
@@ -15,7 +19,6 @@ from peft import PeftModel
 import musicpeft
 from musicpeft import AdapterFileError, SoftMusicPromptConfig
 from musicpeft.hub import push_adapter_to_hub, render_model_card
-from musicpeft.testing import LocalHubServer, pointed_at
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +123,16 @@ def test_an_unknown_repo_is_a_clear_error(local_hub):
         musicpeft.load_adapter(tiny_musicgen(), "user/no-such-adapter")
 
 
-def test_private_repo_needs_the_token(tmp_path, inputs):
+def test_private_repo_needs_the_token(local_hub, inputs):
     original = _prompted()
-    with LocalHubServer(token="hf_local_secret") as server, pointed_at(server.endpoint, tmp_path / "hf"):
-        with pytest.raises(HfHubHTTPError, match="401"):
-            push_adapter_to_hub(original, "user/secret-prompt", private=True)
-        push_adapter_to_hub(original, "user/secret-prompt", private=True, token="hf_local_secret")
-        with pytest.raises(AdapterFileError, match="user/secret-prompt"):
-            musicpeft.load_adapter(tiny_musicgen(), "user/secret-prompt")
-        loaded = musicpeft.load_adapter(tiny_musicgen(), "user/secret-prompt", token="hf_local_secret")
-        assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
+    local_hub.require_token("hf_local_secret")
+    with pytest.raises(HfHubHTTPError, match="401"):
+        push_adapter_to_hub(original, "user/secret-prompt", private=True)
+    push_adapter_to_hub(original, "user/secret-prompt", private=True, token="hf_local_secret")
+    with pytest.raises(AdapterFileError, match="user/secret-prompt"):
+        musicpeft.load_adapter(tiny_musicgen(), "user/secret-prompt")
+    loaded = musicpeft.load_adapter(tiny_musicgen(), "user/secret-prompt", token="hf_local_secret")
+    assert torch.equal(_logits(loaded, inputs), _logits(original, inputs))
 
 
 def test_render_model_card_base_model_and_errors(tmp_path):
@@ -208,18 +211,40 @@ def test_a_space_hosts_an_evaluate_metric(local_hub):
     assert metric.compute(predictions=[1.0, 2.0], references=[1.5, 2.0]) == {"kld": 0.5}
 
 
-def test_pointed_at_puts_everything_back(tmp_path):
+def test_the_session_points_every_client_at_the_local_hub_and_stays_offline():
     import huggingface_hub.constants as constants
+    import transformers.utils.hub
     from huggingface_hub.hf_api import api
 
-    before = (constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE, api.endpoint, dict(os.environ))
-    with pointed_at("http://127.0.0.1:9", tmp_path):
-        assert constants.ENDPOINT == api.endpoint == "http://127.0.0.1:9"
-        assert constants.HUGGINGFACE_CO_URL_TEMPLATE.startswith("http://127.0.0.1:9/{repo_id}/resolve/")
-        assert constants.HF_HUB_CACHE == str(tmp_path / "hub") and constants.HF_HUB_OFFLINE is False
-        assert os.environ["HF_ENDPOINT"] == "http://127.0.0.1:9" and "HF_TOKEN" not in os.environ
-    after = (constants.ENDPOINT, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE, api.endpoint, dict(os.environ))
-    assert after == before
+    endpoint = os.environ["HF_ENDPOINT"]
+    assert endpoint.startswith("http://127.0.0.1:")
+    assert constants.ENDPOINT == api.endpoint == endpoint  # read from the environment at import, not patched
+    assert constants.HUGGINGFACE_CO_URL_TEMPLATE.startswith(endpoint + "/{repo_id}/resolve/")
+    assert transformers.utils.hub.is_offline_mode() and constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_CACHE == os.path.join(os.environ["HF_HOME"], "hub")
+    assert "HF_TOKEN" not in os.environ and constants.HF_TOKEN_PATH.startswith(os.environ["HF_HOME"])
+
+
+def test_local_hub_is_online_for_its_test_and_a_reset_empties_it(local_hub):
+    import huggingface_hub.constants as constants
+
+    assert constants.HF_HUB_OFFLINE is False and os.environ["HF_HUB_OFFLINE"] == "0"
+    assert local_hub.endpoint == os.environ["HF_ENDPOINT"]
+    local_hub.api.create_repo("user/leftover")
+    assert [m.id for m in local_hub.api.list_models()] == ["user/leftover"]
+    local_hub.server.reset()  # what the fixture does before each test
+    assert list(local_hub.server.requests) == [] and list(local_hub.api.list_models()) == []
+
+
+def test_client_env_points_at_the_endpoint_without_the_developers_token():
+    base = {"PATH": "/bin", "HF_TOKEN": "hf_real", "HF_HUB_CACHE": "/elsewhere", "TRANSFORMERS_OFFLINE": "1"}
+    online = client_env("http://127.0.0.1:8/", "/tmp/home", base=base)
+    assert online["HF_ENDPOINT"] == "http://127.0.0.1:8" and online["HF_HOME"] == "/tmp/home"
+    assert online["PATH"] == "/bin" and "HF_TOKEN" not in online and "HF_HUB_CACHE" not in online
+    assert online["HF_HUB_OFFLINE"] == online["TRANSFORMERS_OFFLINE"] == online["HF_EVALUATE_OFFLINE"] == "0"
+    assert "127.0.0.1" in online["NO_PROXY"].split(",")
+    offline = client_env("http://127.0.0.1:8", "/tmp/home", offline=True, base=base)
+    assert offline["HF_HUB_OFFLINE"] == "1" and "TRANSFORMERS_OFFLINE" not in offline
 
 
 def test_server_binds_loopback_and_stops_by_itself():
@@ -397,3 +422,23 @@ def test_card_metadata_rules_are_checked_offline():
             check_card_metadata(good[:header_end] + "\n" + bad_line + good[header_end:])
     with pytest.raises(ValueError, match="no YAML metadata block"):
         check_card_metadata("# just a title\n")
+
+
+SERVED = """
+import os, sys
+from huggingface_hub import HfApi, constants
+assert constants.ENDPOINT == os.environ["HF_ENDPOINT"] and not constants.HF_HUB_OFFLINE and "HF_TOKEN" not in os.environ
+HfApi().upload_file(path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=HfApi().create_repo("user/served").repo_id)
+print(sorted(HfApi().list_repo_files("user/served")))
+sys.exit(3)
+"""
+
+
+def test_serve_runs_a_command_against_a_fresh_server_and_returns_its_status(tmp_path):
+    serve = Path(__file__).parent / "hub" / "serve.py"
+    env = {**os.environ, "HF_TOKEN": "hf_should_not_be_sent"}
+    command = [sys.executable, str(serve), "--hf-home", str(tmp_path), "--", sys.executable, "-c", SERVED]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip() == "['.gitattributes', 'a.txt']"
+    assert result.stderr.startswith("HF_ENDPOINT=http://127.0.0.1:")

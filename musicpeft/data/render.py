@@ -14,7 +14,7 @@ Converting a score to MIDI with music21 is the slow step (0.05-3 s a piece), syn
 so both are cached on disk under ``$MUSICPEFT_CACHE`` (default ``~/.cache/musicpeft/render``):
 ``midi/`` holds the MIDI bytes (or the reason a piece cannot be converted), ``audio/`` the
 rendered windows as ``.npy`` (no pickle), ``soundfont/`` the repaired soundfont. Every write goes
-to a temporary file first and is renamed into place, so parallel runs never see half a file.
+through :func:`musicpeft.io.atomic_write`, so parallel runs never see half a file.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ..io import atomic_write, atomic_write_bytes
+from .soundfont import repair_soundfont
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +47,8 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "musicpeft" / "render"
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via ``write(tmp_path)`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _atomic_write(path, write)
+# The old private name: musicpeft/tiny (classifier.py, recipes/data.py, recipes/checkpoint.py) still imports it.
+_atomic_write = atomic_write
 
 
 def stock_soundfont_path() -> str:
@@ -80,13 +63,11 @@ def stock_soundfont_path() -> str:
 
 def soundfont_path() -> str:
     """Path of the soundfont to render with: ``TimGM6mb.sf2`` repaired for symusic (built once, cached)."""
-    from .soundfont import repair_soundfont
-
     stock = Path(stock_soundfont_path())
     digest = hashlib.sha1(stock.read_bytes()).hexdigest()[:12]
     path = cache_dir() / "soundfont" / f"TimGM6mb-repaired-{CACHE_VERSION}-{digest}.sf2"
     if not path.is_file():
-        _write_bytes(path, repair_soundfont(stock.read_bytes(), str(stock)))
+        atomic_write_bytes(path, repair_soundfont(stock.read_bytes(), str(stock)))
     return str(path)
 
 
@@ -166,9 +147,9 @@ def midi_bytes(score_path: str | os.PathLike) -> bytes:
         raise  # the machine's trouble (I/O, memory, a missing package), not the score's: never cached
     except Exception as e:  # music21 raises many types for a score it cannot convert: record and report it
         reason = f"{type(e).__name__}: {e}"
-        _write_bytes(bad, reason.encode())
+        atomic_write_bytes(bad, reason.encode())
         raise ValueError(f"{path}: music21 cannot convert this score to MIDI ({reason})") from e
-    _write_bytes(ok, data)
+    atomic_write_bytes(ok, data)
     return data
 
 
@@ -231,7 +212,7 @@ def render_score(
         audio = np.clip(audio / peak, -1.0, 1.0).astype(np.float32)
     else:
         audio = np.zeros_like(audio)
-    _atomic_write(cached, lambda tmp: _save_npy(tmp, audio))
+    atomic_write(cached, lambda tmp: _save_npy(tmp, audio))
     return audio
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.audio import resample as resample_audio
+
 DEFAULT_SILENCE_THRESHOLD = 1e-4  # peak |x| (about -80 dBFS) at or below which a clip counts as silent
 MAX_CHANNELS = 8
 
@@ -181,6 +183,4 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     """``x`` at ``target`` Hz in float64 (the data module's soxr_hq resampler); unchanged when the rates agree."""
     if rate == target:
         return x
-    from ..data.audio import resample as resample_audio
-
     return resample_audio(x, rate, target, dtype=np.float64)

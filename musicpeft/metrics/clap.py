@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .laion import CHECKPOINT_SUFFIXES, convert_laion_checkpoint, laion_feature_extractor, load_state_dict_safely
+
 DEFAULT_CLAP_MODEL = "laion/larger_clap_music"
 DEFAULT_TOKENIZER_SOURCE = "laion/clap-htsat-unfused"
 
@@ -144,8 +146,6 @@ class LaionClap:
                 "clap_backend='laion_clap' needs the laion_clap package; see docs/evaluation.md "
                 "('pip install laion_clap --no-deps' plus its real dependencies)"
             ) from err
-        from .laion import load_state_dict_safely
-
         state = load_state_dict_safely(checkpoint)
         if enable_fusion is None:
             enable_fusion = any(k.startswith("audio_branch.patch_embed.mel_conv2d.") for k in state)
@@ -177,8 +177,6 @@ class LaionClap:
 
 
 def _is_checkpoint_file(path: str) -> bool:
-    from .laion import CHECKPOINT_SUFFIXES
-
     return os.path.isfile(path) and path.endswith(CHECKPOINT_SUFFIXES)
 
 
@@ -190,8 +188,6 @@ def _processor_for(source, fallback_config, model_source: str):
         return source
     if fallback_config is None:
         return ClapProcessor.from_pretrained(os.fspath(source or model_source))
-    from .laion import laion_feature_extractor
-
     tokenizer = AutoTokenizer.from_pretrained(os.fspath(source or DEFAULT_TOKENIZER_SOURCE))
     return ClapProcessor(feature_extractor=laion_feature_extractor(fallback_config), tokenizer=tokenizer)
 
@@ -234,8 +230,6 @@ def load_clap_backend(
     if isinstance(model, str | os.PathLike):
         source = os.fspath(model)
         if _is_checkpoint_file(source):
-            from .laion import convert_laion_checkpoint
-
             clap = convert_laion_checkpoint(source, config=config)
             proc = _processor_for(processor, clap.config, source)
         else:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from .core import compute_clap_kld
+from .audio import as_float_audio
+from .clap import load_clap_backend
+from .core import CLAP_METRICS, _resolve_metrics, compute_clap_kld
 
 _CITATION = """\
 @article{musicgen_prompt_tuning_korean,
@@ -63,8 +65,6 @@ Examples:
 
 def _float_if_pcm(item, what: str):
     """Integer PCM arrays/tensors scaled to float in [-1, 1] (`as_float_audio`); anything else unchanged."""
-    from .audio import as_float_audio
-
     dtype = getattr(item, "dtype", None)
     if dtype is not None and not getattr(dtype, "is_floating_point", getattr(dtype, "kind", "f") == "f"):
         return as_float_audio(item, what)
@@ -120,8 +120,6 @@ class ClapKld(evaluate.Metric):
 
     def _backend_for(self, clap_model, clap_processor):
         """The load-time CLAP (loaded once, kept), or a one-off one when compute overrides model/processor."""
-        from .clap import load_clap_backend
-
         args = dict(self._clap_args)
         model, processor = args.pop("model"), args.pop("processor")
         if clap_model is None and clap_processor is None:
@@ -134,8 +132,6 @@ class ClapKld(evaluate.Metric):
 
     def _compute(self, predictions, prompts, reference_audio=None, metrics=None, clap_model=None,
                  clap_processor=None, **kwargs):
-        from .core import CLAP_METRICS, _resolve_metrics
-
         chosen = _resolve_metrics(metrics, prompts, reference_audio, kwargs.get("concept_audio"))
         backend = self._backend_for(clap_model, clap_processor) if CLAP_METRICS & set(chosen) else None
         return compute_clap_kld(predictions, prompts, reference_audio, metrics=metrics, clap_model=backend,

@@ -21,6 +21,7 @@ from .alignment import (
     text_alignment,
 )
 from .audio import DEFAULT_SILENCE_THRESHOLD, CheckedAudio, check_audio, resample
+from .clap import load_clap_backend
 from .features import FeatureConfig, extract_features
 from .kld import KLDConfig, ReferenceDistribution, kld_scores
 
@@ -242,8 +243,6 @@ def compute_clap_kld(
         result.update(_kld_part(checked, reference, n, batch_size))
 
     if CLAP_METRICS & set(chosen):
-        from .clap import load_clap_backend
-
         backend = load_clap_backend(clap_model, clap_processor, backend=clap_backend, device=device,
                                     batch_size=batch_size, seed=seed, config=clap_config)
         result["clap_model"] = backend.name

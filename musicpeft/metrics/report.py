@@ -14,7 +14,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import librosa
 import numpy as np
+
+from ..io import atomic_write, atomic_write_text
+from .audio import resample
+from .features import FeatureConfig, extract_features
 
 PER_ITEM_METRICS = (
     ("clap_score_per_item", "CLAP score", "higher is better"),
@@ -40,6 +45,7 @@ def _mean(values) -> float | None:
 
 
 def _figure(width: float, height: float):
+    # lazy: matplotlib takes about a second to import and only reports with plots need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,12 +55,9 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
-    """Write the PNG under a temporary name and rename it: a reader never sees half a picture."""
+    """Write the PNG atomically: a reader never sees half a picture."""
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _check_inputs(results, prompts, categories, audio, baseline) -> tuple[list[str], int]:
@@ -163,8 +166,6 @@ def _category_plot(results, names, categories, path: Path) -> Path | None:
 
 
 def _usable(clips, sampling_rate, fc) -> list[np.ndarray]:
-    from .audio import resample
-
     out = []
     for clip in clips:
         x = np.asarray(clip, dtype=np.float64)
@@ -177,8 +178,6 @@ def _usable(clips, sampling_rate, fc) -> list[np.ndarray]:
 
 
 def _feature_plot(audio, reference_audio, sampling_rate, fc, path: Path) -> Path | None:
-    from .features import extract_features
-
     sets = {name: _usable(clips, sampling_rate, fc) for name, clips in audio.items()}
     if reference_audio is not None:
         sets["reference"] = _usable(reference_audio, sampling_rate, fc)
@@ -202,8 +201,6 @@ def _feature_plot(audio, reference_audio, sampling_rate, fc, path: Path) -> Path
 
 
 def _spectrogram_plot(audio, prompts, sampling_rate, max_clips, path: Path) -> Path | None:
-    import librosa
-
     names = list(audio)
     n = min(max_clips, min(len(c) for c in audio.values()))
     if n == 0:
@@ -260,8 +257,6 @@ def write_report(
         ``{"json", "markdown", "per_prompt_<metric>", "per_category", "feature_distributions",
         "spectrograms"}`` -> written paths (plots whose inputs were not given are absent).
     """
-    from .features import FeatureConfig
-
     names, _ = _check_inputs(results, prompts, categories, audio, baseline)
     if (audio or reference_audio is not None) and sampling_rate is None:
         raise ValueError("write_report: audio / reference_audio need sampling_rate")
@@ -277,9 +272,9 @@ def write_report(
         payload["per_category"] = {key: _category_means(results, names, categories, key)
                                    for key, _, _ in PER_ITEM_METRICS if any(results[n].get(key) for n in names)}
     written["json"] = out / "results.json"
-    written["json"].write_text(json.dumps(payload, indent=2, default=float), encoding="utf-8")
+    atomic_write_text(written["json"], json.dumps(payload, indent=2, default=float) + "\n")
     written["markdown"] = out / "report.md"
-    written["markdown"].write_text(_markdown(results, names, prompts, categories, title), encoding="utf-8")
+    atomic_write_text(written["markdown"], _markdown(results, names, prompts, categories, title))
 
     for key, label, direction in PER_ITEM_METRICS:
         if any(results[n].get(key) for n in names):

@@ -3,8 +3,8 @@
 There is no Hugging Face Hub in CI, and mocking `huggingface_hub` would test our mocks rather than the
 code paths users run (`snapshot_download`, `upload_folder`, peft's `from_pretrained` / `push_to_hub`).
 `LocalHubServer` is a stdlib `http.server` in a background thread, bound to 127.0.0.1 only, that
-speaks enough of the Hub API (see `hub_routes.py`) for those clients, and keeps its repos in a
-temporary folder (see `hub_store.py`).
+speaks enough of the Hub API (see `routes.py`) for those clients, and keeps its repos in a
+temporary folder (see `store.py`).
 
 It never runs unbounded: it stops by itself after `max_lifetime_s`, idle keep-alive connections are
 closed after `idle_timeout_s`, and `stop()` (or leaving the `with` block) closes every connection and
@@ -13,7 +13,8 @@ removes the temporary folder.
     with LocalHubServer() as hub:
         HfApi(endpoint=hub.endpoint).create_repo("user/demo")
 
-To point code that reads the default endpoint at the server, see `musicpeft.testing.hub_env`.
+The test suite starts one for the whole session before anything imports huggingface_hub (see
+`tests/conftest.py` and `env.py`); `python tests/hub/serve.py` runs one on its own.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .hub_routes import ROUTES, HubApp, Request, Response
-from .hub_store import HubError, HubStore
+from .routes import ROUTES, HubApp, Request, Response
+from .store import HubError, HubStore
 
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 1 << 30
@@ -107,6 +108,17 @@ class LocalHubServer:
             self._timer.daemon = True
             self._timer.start()
         return self
+
+    def reset(self, token: str | None = None) -> None:
+        """Forget every repo and recorded request, and require `token` from now on (None: no auth).
+
+        One server serves a whole test session; each test that uses it starts from an empty Hub.
+        """
+        if self.store is None or self._httpd is None:
+            raise RuntimeError("LocalHubServer is not running; call start() first.")
+        self.store.clear()
+        self.requests.clear()
+        self.token = self._httpd.app.token = token
 
     def stop(self) -> None:
         """Stop serving, close open connections and remove the temporary storage (idempotent)."""

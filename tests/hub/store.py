@@ -177,6 +177,13 @@ class HubStore:
             del self.repos[(repo_type, repo_id)]
             self._repo_file(repo).unlink(missing_ok=True)
 
+    def clear(self) -> None:
+        """Delete every repo (blobs stay: they are content-addressed, so a later repo may share them)."""
+        with self.lock:
+            for repo in self.repos.values():
+                self._repo_file(repo).unlink(missing_ok=True)
+            self.repos.clear()
+
     def set_private(self, repo: Repo, private: bool) -> None:
         with self.lock:
             repo.private = private
@@ -292,6 +299,8 @@ def folder_entry(commit: Commit, path: str) -> dict[str, Any]:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    # Not musicpeft.io.atomic_write_bytes: this package is imported before huggingface_hub (see env.py), and
+    # importing musicpeft would import it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

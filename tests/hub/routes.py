@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from .hub_store import Commit, HubError, HubStore, Repo, file_entry, folder_entry, tree_entries
+import yaml  # a dependency of huggingface_hub; imports nothing of it
+
+from .store import Commit, HubError, HubStore, Repo, file_entry, folder_entry, tree_entries
 
 _TYPE = r"(?P<type>models|datasets|spaces)"
 _REPO = r"(?P<ns>[^/]+)/(?P<name>[^/]+)"
@@ -386,8 +388,6 @@ def _singular(url_type: str | None) -> str:
 
 def _front_matter(content: str) -> dict[str, Any] | None:
     """The YAML metadata block at the top of a README, or None; ValueError when it is not valid YAML."""
-    import yaml
-
     if not content.startswith("---"):
         return None
     end = content.find("\n---", 3)
