@@ -28,13 +28,13 @@ from _common import write_report
 from transformers import AutoProcessor, HfArgumentParser, MusicgenForConditionalGeneration
 
 import musicpeft
-from musicpeft import concepts
 from musicpeft.data import render_clips
-from musicpeft.diagnostics import concept_similarity
 from musicpeft.io import atomic_write
 from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
 from musicpeft.training.collator import init_codebooks_from_audio
 from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
+from musicpeft.tuners.concept_identifier import loading
+from musicpeft.tuners.concept_identifier.diagnostics import concept_similarity
 
 KOTO, SHAMISEN = 107, 106  # General MIDI programs
 
@@ -95,7 +95,7 @@ def main() -> None:
     fresh_model, fresh_processor, _ = load_model(example.model)
     if tiny:
         init_codebooks_from_audio(fresh_model, koto + shamisen)
-    reloaded = concepts.load_concept_adapter(fresh_model, adapter_dir, processor=fresh_processor)
+    reloaded = loading.load_concept_adapter(fresh_model, adapter_dir, processor=fresh_processor)
     again = generate(reloaded, fresh_processor, example.prompts, example, args.seed)
 
     for prompt, waveform in zip(example.prompts, audio, strict=True):

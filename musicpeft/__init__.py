@@ -4,7 +4,7 @@ Importing this package registers its methods with peft, so that `get_peft_model`
 and `PeftModel.from_pretrained` work with them.
 """
 
-from . import adapter_files, adapters, concepts, diagnostics
+from . import adapters
 from .adapters import peft_guards
 from .adapters.files import AdapterFileError, allow_pickle_adapters
 from .api import add_adapter, load_adapter, save_adapter
@@ -44,10 +44,7 @@ __all__ = [
     "PivotalMaskModel",
     "UnknownConceptError",
     "bind_processor",
-    "adapter_files",
     "adapters",
-    "concepts",
-    "diagnostics",
     "AdapterFileError",
     "allow_pickle_adapters",
     "FAMILIES",

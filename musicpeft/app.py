@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from . import concepts
 from .api import load_adapter
 from .families import tiny_sources
 from .generation import (
@@ -47,6 +46,7 @@ from .generation import (
     load_base,
 )
 from .io import atomic_write
+from .tuners.concept_identifier import placeholders
 
 MAX_CLIPS = 4  # base + 3 adapters: player slots laid out in the page
 
@@ -131,7 +131,7 @@ def known_placeholders(loaded: LoadedBase) -> dict[str, str]:
     """Placeholders the tokenizers of ``loaded`` expand (``"<koto>"`` -> identifier tokens)."""
     found: dict[str, str] = {}
     for tokenizer in _tokenizers(loaded):
-        found.update(concepts.placeholder_definitions(tokenizer))
+        found.update(placeholders.placeholder_definitions(tokenizer))
     return found
 
 
@@ -143,7 +143,7 @@ def prompt_for(prompt: str, own: set[str], known: set[str]) -> str:
         found = match.group(0)
         return found if found in own or found not in known else match.group(1)
 
-    return concepts.PLACEHOLDER.sub(replace, prompt)
+    return placeholders.PLACEHOLDER.sub(replace, prompt)
 
 
 def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> str:
@@ -267,7 +267,7 @@ class AppModels:
     def _check_placeholders(prompt: str, known: set[str], base: LoadedBase) -> None:
         """Refuse a ``<name>`` that no loaded adapter defines and that is not a token of the base tokenizer."""
         tokenizers = _tokenizers(base)
-        concepts.expand_placeholders(prompt, {p: p[1:-1] for p in known}, tokenizers[0] if tokenizers else None)
+        placeholders.expand_placeholders(prompt, {p: p[1:-1] for p in known}, tokenizers[0] if tokenizers else None)
 
 
 def _describe(clips: Sequence[Clip], seconds_taken: float) -> str:

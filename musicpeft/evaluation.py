@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapter_files import AdapterFileError
+from .adapters.files import AdapterFileError
 from .api import resolve_source
 from .data.audio import load_audio
 from .data.dataset import load_audio_folder, make_rendered_dataset

@@ -23,7 +23,7 @@ from typing import Any
 
 from peft import PeftConfig
 
-from .adapter_files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
+from .adapters.files import CONFIG_NAME, SAFETENSORS_NAME, AdapterFileError, check_local_adapter_folder
 from .api import MANIFEST_NAME, save_adapter
 from .families import get_family
 from .model_card import (

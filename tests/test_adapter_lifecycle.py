@@ -21,6 +21,7 @@ import musicpeft
 from musicpeft import AdapterFileError, PivotalMaskConfig, SoftMusicPromptConfig
 from musicpeft.adapters import lifecycle
 from musicpeft.training.presets import lora_config
+from musicpeft.tuners.concept_identifier import placeholders
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -228,13 +229,13 @@ def test_a_refused_concept_load_leaves_the_pipeline_tokenizers_alone(tmp_path):
     # No placeholder expansion left on the tokenizers (it would raise for unknown placeholders).
     for name in ("tokenizer", "tokenizer_2"):
         tokenizer = getattr(fresh, name)
-        assert musicpeft.concepts.placeholder_definitions(tokenizer) == {}
+        assert placeholders.placeholder_definitions(tokenizer) == {}
         assert not {"_encode_plus", "tokenize"} & set(vars(tokenizer)), name
     assert "<koto>" in fresh.tokenizer_2.decode(fresh.tokenizer_2("a <koto> jig")["input_ids"])
     # The identifier tokens the refused load added stay in the vocabulary as the pipeline's own: the good
     # adapter of the same concept loads afterwards (they are not taken for foreign tokens).
     musicpeft.load_adapter(fresh, good)
-    assert "<koto>" in musicpeft.concepts.placeholder_definitions(fresh.tokenizer_2)
+    assert "<koto>" in placeholders.placeholder_definitions(fresh.tokenizer_2)
 
 
 # -- 3. a refused load leaves everything as it was --------------------------------------------------------

@@ -16,13 +16,12 @@ import soundfile as sf
 import torch
 
 import musicpeft
-from musicpeft import concepts
 from musicpeft.app import AppModels, declared_placeholders, prompt_for
 from musicpeft.cli import main
-from musicpeft.concepts import UnknownConceptError
 from musicpeft.generation import TINY_MUSICGEN
 from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
-from musicpeft.tuners.concept_identifier import ConceptIdentifierConfig
+from musicpeft.tuners.concept_identifier import ConceptIdentifierConfig, binding
+from musicpeft.tuners.concept_identifier.placeholders import UnknownConceptError
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -32,7 +31,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def koto_adapter(tmp_path_factory):
     """A saved concept adapter for `<koto>` whose identifier tokens were moved away from their init."""
     model, processor = tiny_musicgen(0), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     peft_model = musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto"]))
     torch.manual_seed(1)
     with torch.no_grad():

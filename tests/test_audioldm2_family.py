@@ -9,7 +9,7 @@ import torch
 
 from musicpeft.families import AUDIOLDM2, MUSICGEN, family_of, get_submodule
 from musicpeft.families.audioldm2 import T5_MASK_FLOW, attention_streams, check_unet_layout
-from musicpeft.pipelines import ensure_audioldm2_compat, load_audioldm2_pipeline
+from musicpeft.families.audioldm2_loading import ensure_audioldm2_compat, load_audioldm2_pipeline
 from musicpeft.tiny import tiny_musicgen
 from musicpeft.tiny.audioldm2 import make_roberta_tokenizer, tiny_audioldm2_pipeline
 

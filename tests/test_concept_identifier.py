@@ -12,9 +12,14 @@ from peft import PeftType
 from safetensors.torch import load_file
 
 import musicpeft
-from musicpeft import concepts
-from musicpeft.concepts import UnknownConceptError, expand_placeholders
-from musicpeft.tuners.concept_identifier import ConceptIdentifierConfig, ConceptIdentifierModel
+from musicpeft.tuners.concept_identifier import (
+    ConceptIdentifierConfig,
+    ConceptIdentifierModel,
+    binding,
+    loading,
+    placeholders,
+)
+from musicpeft.tuners.concept_identifier.placeholders import UnknownConceptError, expand_placeholders
 
 PROMPTS = ["a cheerful <koto> jig", "<shamisen> and <koto> duet"]
 
@@ -31,7 +36,7 @@ def musicgen(seed: int = 0):
 
 def attach(seed: int = 0, **kwargs):
     model, processor = musicgen(seed), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     config = ConceptIdentifierConfig(concepts=["koto", "shamisen"], **kwargs)
     return musicpeft.add_adapter(model, config), processor
 
@@ -106,7 +111,7 @@ def test_unknown_placeholder_names_the_known_ones():
 
 def test_placeholder_colliding_with_a_vocabulary_token_is_refused_before_any_change():
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     with pytest.raises(ValueError, match="<pad>.*collides"):
         musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto", "pad"]))
     assert type(model.text_encoder.shared).__name__ == "Embedding"
@@ -151,7 +156,7 @@ def test_save_load_and_merge_give_identical_outputs(tmp_path):
     }
 
     model, fresh = musicgen(), tiny_musicgen_processor()
-    loaded = concepts.load_concept_adapter(model, tmp_path, processor=fresh)
+    loaded = loading.load_concept_adapter(model, tmp_path, processor=fresh)
     inputs = fresh(text=PROMPTS, return_tensors="pt", padding=True)
     assert torch.equal(logits(loaded, inputs), reference)
 
@@ -177,13 +182,13 @@ def test_public_load_adapter_takes_the_processor(tmp_path):
 def test_binding_after_attaching_and_init_words():
     model, processor = musicgen(), tiny_musicgen_processor()
     peft_model = musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto"], tokens_per_concept=2))
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     assert processor(text="<koto>")["input_ids"] == [138, 139, 1]
 
     model, processor = musicgen(), tiny_musicgen_processor()
     with pytest.raises(ValueError, match="needs the t5 tokenizer"):
         musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto"], init_words={"koto": "koto"}))
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     peft_model = musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto"], init_words={"koto": "koto"}))
     encoder = peft_model.get_base_model().text_encoder
     word = encoder.shared.get_base_layer().weight[processor.tokenizer.convert_tokens_to_ids("\u2581koto")]
@@ -192,7 +197,7 @@ def test_binding_after_attaching_and_init_words():
 
 def test_placeholders_of_an_inactive_or_disabled_adapter_raise():
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     peft_model = musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto"]), "a")
     musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["shamisen"]), "b")
     inputs = processor(text=["<koto> jig"], return_tensors="pt")
@@ -216,7 +221,7 @@ def test_audioldm2_tokens_in_both_text_encoders(tmp_path):
 
     pipe = tiny_audioldm2_pipeline()
     t5_vocab, clap_vocab = len(pipe.tokenizer_2), len(pipe.tokenizer)
-    peft_model = concepts.add_pipeline_adapter(pipe, ConceptIdentifierConfig(concepts=["koto", "shamisen"]))
+    peft_model = loading.add_pipeline_adapter(pipe, ConceptIdentifierConfig(concepts=["koto", "shamisen"]))
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable == {
         "base_model.model.text_encoder.text_model.embeddings.word_embeddings.concept_embeddings.default": 6 * 16,
@@ -239,9 +244,9 @@ def test_audioldm2_tokens_in_both_text_encoders(tmp_path):
                         generator=generator).audios
 
     reference = run(pipe)
-    concepts.save_pipeline_adapter(pipe, tmp_path)
+    loading.save_pipeline_adapter(pipe, tmp_path)
     loaded = tiny_audioldm2_pipeline()
-    concepts.load_pipeline_adapter(loaded, tmp_path)
+    loading.load_pipeline_adapter(loaded, tmp_path)
     assert torch.equal(torch.as_tensor(run(loaded)), torch.as_tensor(reference))
 
 
@@ -263,11 +268,11 @@ def test_hooked_tokenizer_pickles_and_copies(tmp_path):
 def test_concept_adapters_are_recognised(tmp_path):
     from musicpeft.tuners.pivotal_mask import PivotalMaskConfig
 
-    assert concepts.is_concept_adapter(ConceptIdentifierConfig(concepts=["koto"]))
-    assert concepts.is_concept_adapter(PivotalMaskConfig(concepts=["koto"]))
-    assert not concepts.is_concept_adapter(musicpeft.SoftMusicPromptConfig())
+    assert binding.is_concept_adapter(ConceptIdentifierConfig(concepts=["koto"]))
+    assert binding.is_concept_adapter(PivotalMaskConfig(concepts=["koto"]))
+    assert not binding.is_concept_adapter(musicpeft.SoftMusicPromptConfig())
     ConceptIdentifierConfig(concepts=["koto"]).save_pretrained(tmp_path)
-    assert concepts.is_concept_adapter(tmp_path) and not concepts.is_concept_adapter(tmp_path / "missing")
+    assert binding.is_concept_adapter(tmp_path) and not binding.is_concept_adapter(tmp_path / "missing")
 
 
 def test_merged_and_saved_model_and_processor_keep_the_placeholders(tmp_path):
@@ -284,19 +289,19 @@ def test_merged_and_saved_model_and_processor_keep_the_placeholders(tmp_path):
     processor.save_pretrained(tmp_path)
 
     model = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
-    reloaded = concepts.load_processor(tmp_path)
+    reloaded = placeholders.load_processor(tmp_path)
     assert torch.equal(logits(model, reloaded(text=prompt, return_tensors="pt", padding=True)), reference)
-    assert concepts.placeholder_definitions(reloaded.tokenizer)["<koto>"] == "<koto:0><koto:1><koto:2>"
+    assert placeholders.placeholder_definitions(reloaded.tokenizer)["<koto>"] == "<koto:0><koto:1><koto:2>"
     # transformers alone reloads the tokens but not the rule; restore_placeholders puts it back.
     plain = AutoProcessor.from_pretrained(tmp_path)
     chars = plain(text=prompt, return_tensors="pt", padding=True)
     assert not torch.equal(logits(model, chars), reference)
-    assert set(concepts.restore_placeholders(plain)) == {"<koto>", "<shamisen>"}
+    assert set(placeholders.restore_placeholders(plain)) == {"<koto>", "<shamisen>"}
     assert torch.equal(logits(model, plain(text=prompt, return_tensors="pt", padding=True)), reference)
     # Binding the reloaded processor to a model restores the rule too, and the tokens count as ours (no clash).
     again = AutoProcessor.from_pretrained(tmp_path)
     fresh_model = musicgen()
-    concepts.bind_processor(fresh_model, again)
+    binding.bind_processor(fresh_model, again)
     musicpeft.add_adapter(fresh_model, ConceptIdentifierConfig(concepts=["koto"]))
     assert again(text="<koto>")["input_ids"] == reloaded(text="<koto>")["input_ids"]
 
@@ -311,7 +316,7 @@ def test_a_saved_placeholder_rule_without_its_tokens_is_refused(tmp_path):
     config["musicpeft_placeholders"]["<harp>"] = "<harp:0><harp:1>"
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"identifier tokens \['<harp:0>', '<harp:1>'\] that this tokenizer"):
-        concepts.load_processor(tmp_path)
+        placeholders.load_processor(tmp_path)
 
 
 def test_a_refused_load_leaves_model_and_tokenizer_as_they_were(tmp_path):
@@ -322,13 +327,13 @@ def test_a_refused_load_leaves_model_and_tokenizer_as_they_were(tmp_path):
     weights = tmp_path / "adapter_model.safetensors"
     save_file({"base_model.model.text_encoder.shared.other": torch.zeros(6, 32)}, weights)
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     modules = [type(m) for m in model.modules()]
     with pytest.raises(ValueError, match="lack .*concept_embeddings"):
         musicpeft.load_adapter(model, tmp_path)
     assert [type(m) for m in model.modules()] == modules and not hasattr(model, "peft_config")
     assert model.text_encoder.encoder.embed_tokens.weight is model.text_encoder.shared.weight
-    assert concepts.placeholder_definitions(processor.tokenizer) == {}
+    assert placeholders.placeholder_definitions(processor.tokenizer) == {}
     assert processor(text="a <koto> jig")["input_ids"] == tiny_musicgen_processor()(text="a <koto> jig")["input_ids"]
     # The same processor can take the (repaired) adapter afterwards.
     musicpeft.save_adapter(peft_model, tmp_path)

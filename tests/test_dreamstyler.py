@@ -11,11 +11,10 @@ import torch
 from fixtures import tiny_musicgen, tiny_musicgen_processor
 
 import musicpeft
-from musicpeft import concepts
-from musicpeft.diagnostics import concept_similarity
 from musicpeft.training.collator import init_codebooks_from_audio
 from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
-from musicpeft.tuners.concept_identifier import ConceptIdentifierConfig
+from musicpeft.tuners.concept_identifier import ConceptIdentifierConfig, binding
+from musicpeft.tuners.concept_identifier.diagnostics import concept_similarity
 
 RATE = 16000
 
@@ -111,14 +110,14 @@ def test_random_selection_recipe_needs_no_mask():
 
 def test_concept_similarity_diagnostic():
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     same = ConceptIdentifierConfig(concepts=["koto", "shamisen"], init_words={"koto": "koto", "shamisen": "koto"})
     musicpeft.add_adapter(model, same)
     twins = concept_similarity(model, "koto", "shamisen", "a slow folk song")
     assert set(twins) == {"tokens", "tokens+description"}
     assert twins["tokens"] == pytest.approx(1.0) and twins["tokens+description"] == pytest.approx(1.0)
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     musicpeft.add_adapter(model, ConceptIdentifierConfig(concepts=["koto", "shamisen"]))
     apart = concept_similarity(model, "koto", "shamisen")
     assert set(apart) == {"tokens"} and -1.0 <= apart["tokens"] < 0.99

@@ -13,7 +13,7 @@ from fixtures import tiny_musicgen, tiny_musicgen_processor, train_steps
 from safetensors.torch import load_file
 
 import musicpeft
-from musicpeft import concepts
+from musicpeft.tuners.concept_identifier import binding, loading, placeholders
 from musicpeft.tuners.pivotal_mask import PivotalMaskConfig, random_percent, selected_count, top_percent, union
 
 SELF_V = [f"decoder.model.decoder.layers.{i}.self_attn.v_proj" for i in range(2)]
@@ -50,7 +50,7 @@ def run():
     """Algorithm 1 on the tiny MusicGen: one mask per concept, union, joint stage 2 (a few steps each)."""
     model, processor = musicgen(), tiny_musicgen_processor()
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     peft_model = None
     after_mask = {}
     for i, name in enumerate(PROMPTS):
@@ -190,7 +190,7 @@ def test_save_load_and_merge_give_identical_outputs(run, tmp_path):
     assert saved[f"base_model.model.{SELF_V[0]}.pivotal_indices"].dtype == torch.int32
 
     fresh = tiny_musicgen_processor()
-    loaded = concepts.load_concept_adapter(musicgen(), folder, processor=fresh)
+    loaded = loading.load_concept_adapter(musicgen(), folder, processor=fresh)
     fresh_inputs = fresh(text=["<koto> and <shamisen> duet", "a <shamisen> reel"], return_tensors="pt", padding=True)
     assert torch.equal(logits(loaded, fresh_inputs), reference)
     merged = loaded.merge_and_unload()
@@ -202,7 +202,7 @@ def test_save_load_and_merge_give_identical_outputs(run, tmp_path):
 def test_merging_an_adapter_trained_on_another_base_is_refused(run, tmp_path):
     folder = _saved(run, tmp_path)
     other = musicgen(seed=1)
-    concepts.bind_processor(other, tiny_musicgen_processor())
+    binding.bind_processor(other, tiny_musicgen_processor())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = musicpeft.load_adapter(other, folder)
@@ -213,7 +213,7 @@ def test_merging_an_adapter_trained_on_another_base_is_refused(run, tmp_path):
 
 def test_random_and_cross_attention_only_variants():
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     config = PivotalMaskConfig(concepts=["koto"], stage="tune", selection="random", percent=10, per_layer=True)
     peft_model = musicpeft.add_adapter(model, config)
     assert {n: v.numel() for n, v in peft_model.base_model.selection_of("default").items()} == {
@@ -249,7 +249,7 @@ def test_audioldm2_pivotal_tuning_save_load_and_merge(tmp_path):
 
     pipe = audioldm2()
     unet_base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    peft_model = concepts.add_pipeline_adapter(pipe, PivotalMaskConfig(concepts=["koto"], stage="mask"), "mask_koto")
+    peft_model = loading.add_pipeline_adapter(pipe, PivotalMaskConfig(concepts=["koto"], stage="mask"), "mask_koto")
     masks = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     streams = attention_streams(pipe.unet)
     assert sorted(masks) == sorted(f"base_model.model.unet.{n}.to_v.pivotal_mask.mask_koto" for n in streams["self"])
@@ -262,7 +262,7 @@ def test_audioldm2_pivotal_tuning_save_load_and_merge(tmp_path):
     assert sum(v.numel() for v in peft_model.base_model.select("mask_koto", 5).values()) == round(0.05 * entries)
 
     config = PivotalMaskConfig(concepts=["koto", "shamisen"], stage="tune", mask_adapters=["mask_koto"])
-    peft_model = concepts.add_pipeline_adapter(pipe, config)
+    peft_model = loading.add_pipeline_adapter(pipe, config)
     peft_model.delete_adapter("mask_koto")
     counts = peft_model.base_model.trainable_counts("default")
     cross = sum(pipe.unet.get_submodule(n).to_k.weight.numel() * 2 for n in streams["generated"] + streams["t5"])
@@ -274,11 +274,11 @@ def test_audioldm2_pivotal_tuning_save_load_and_merge(tmp_path):
     reference = generate(pipe)
     assert not np.array_equal(reference, generate(_pipe()))
 
-    concepts.save_pipeline_adapter(pipe, tmp_path)
+    loading.save_pipeline_adapter(pipe, tmp_path)
     loaded = audioldm2()
-    concepts.load_pipeline_adapter(loaded, tmp_path)
+    loading.load_pipeline_adapter(loaded, tmp_path)
     assert np.array_equal(generate(loaded), reference)
-    concepts.pipeline_peft_model(loaded).merge_and_unload()
+    binding.pipeline_peft_model(loaded).merge_and_unload()
     assert type(loaded.unet.get_submodule(streams["self"][0]).to_v).__name__ == "Linear"
     assert np.array_equal(generate(loaded), reference)
     selection = peft_model.base_model.selection_of("default")
@@ -394,14 +394,14 @@ def test_adapter_files_with_int64_indices_still_load(run, tmp_path):
     old = {k: v.to(torch.int64) if k.endswith("pivotal_indices") else v for k, v in tensors.items()}
     save_file(old, path, metadata={"format": "pt"})
     fresh = tiny_musicgen_processor()
-    loaded = concepts.load_concept_adapter(musicgen(), folder, processor=fresh)
+    loaded = loading.load_concept_adapter(musicgen(), folder, processor=fresh)
     assert torch.equal(logits(loaded, fresh(text=["<koto> and <shamisen> duet"], return_tensors="pt")), reference)
     assert loaded.base_model.selection_of("default")[SELF_V[0]].dtype == torch.int32
 
 
 def test_loading_a_random_selection_does_not_redraw_it(tmp_path, monkeypatch):
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     config = PivotalMaskConfig(concepts=["koto"], stage="tune", selection="random", percent=10)
     peft_model = musicpeft.add_adapter(model, config)
     with torch.no_grad():
@@ -418,14 +418,14 @@ def test_loading_a_random_selection_does_not_redraw_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "randperm", no_permutation)
     fresh = tiny_musicgen_processor()
-    loaded = concepts.load_concept_adapter(musicgen(), tmp_path, processor=fresh)
+    loaded = loading.load_concept_adapter(musicgen(), tmp_path, processor=fresh)
     assert {k: v.tolist() for k, v in loaded.base_model.selection_of("default").items()} == {
         k: v.tolist() for k, v in selection.items()
     }
     assert torch.equal(logits(loaded, fresh(text=["a <koto> jig"], return_tensors="pt")), reference)
     # The same config object attached again reuses its selection (it does not come from a file then).
     again = musicgen()
-    concepts.bind_processor(again, tiny_musicgen_processor())
+    binding.bind_processor(again, tiny_musicgen_processor())
     reused = musicpeft.add_adapter(again, copy.deepcopy(config))
     assert {k: v.tolist() for k, v in reused.base_model.selection_of("default").items()} == {
         k: v.tolist() for k, v in selection.items()
@@ -454,7 +454,7 @@ def test_loads_onto_a_base_offloaded_to_disk(run, tmp_path, offload):
     fresh = tiny_musicgen_processor()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = concepts.load_concept_adapter(model, folder, processor=fresh)
+        loaded = loading.load_concept_adapter(model, folder, processor=fresh)
     assert not [w for w in caught if "fingerprint" in str(w.message)]
     v_proj = loaded.base_model.model.get_submodule(SELF_V[0])
     assert v_proj.base_layer.weight.device.type == "meta"  # still offloaded
@@ -488,7 +488,7 @@ def test_a_refused_load_leaves_the_model_as_it_was(run, tmp_path, damage):
     save_file(tensors, path, metadata={"format": "pt"})
 
     model, processor = musicgen(), tiny_musicgen_processor()
-    concepts.bind_processor(model, processor)
+    binding.bind_processor(model, processor)
     before, modules = _plain_state(model), [type(m) for m in model.modules()]
     inputs = processor(text=["a jig"], return_tensors="pt")
     reference = logits(model, inputs)
@@ -499,7 +499,7 @@ def test_a_refused_load_leaves_the_model_as_it_was(run, tmp_path, damage):
     after = _plain_state(model)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert not hasattr(model, "peft_config")
-    assert concepts.placeholder_definitions(processor.tokenizer) == {}
+    assert placeholders.placeholder_definitions(processor.tokenizer) == {}
     assert torch.equal(logits(model, inputs), reference)
 
 
@@ -516,17 +516,17 @@ def test_a_refused_second_adapter_leaves_the_first_as_it_was(run, tmp_path):
     save_file(tensors, bad / "adapter_model.safetensors", metadata={"format": "pt"})
 
     fresh = tiny_musicgen_processor()
-    loaded = concepts.load_concept_adapter(musicgen(), good, processor=fresh)
+    loaded = loading.load_concept_adapter(musicgen(), good, processor=fresh)
     inputs = fresh(text=["<koto> and <shamisen> duet"], return_tensors="pt")
     reference = logits(loaded, inputs)
     state = {k: v.clone() for k, v in loaded.state_dict().items()}
-    definitions = concepts.placeholder_definitions(fresh.tokenizer)
+    definitions = placeholders.placeholder_definitions(fresh.tokenizer)
     with pytest.raises(ValueError, match="lack .*pivotal_delta"):
         musicpeft.load_adapter(loaded.get_base_model(), bad, adapter_name="second")
     assert list(loaded.peft_config) == ["default"] and loaded.active_adapters == ["default"]
     after = loaded.state_dict()
     assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
-    assert concepts.placeholder_definitions(fresh.tokenizer) == definitions
+    assert placeholders.placeholder_definitions(fresh.tokenizer) == definitions
     assert torch.equal(logits(loaded, inputs), reference)
 
 

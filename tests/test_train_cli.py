@@ -177,8 +177,8 @@ def test_checkpoint_dir_and_resume_reproduce_the_uninterrupted_run(tmp_path, cap
 
 
 def test_concept_methods_train_and_load_with_the_placeholder(tmp_path):
-    from musicpeft import concepts
     from musicpeft.tiny import tiny_musicgen_processor
+    from musicpeft.tuners.concept_identifier import loading, placeholders
 
     for method in ("concepts", "pivotal"):
         out = tmp_path / method
@@ -190,8 +190,8 @@ def test_concept_methods_train_and_load_with_the_placeholder(tmp_path):
         assert summary["recipe"] == {"concepts": "tokens_only", "pivotal": "dreamstyler"}[method]
         base = load_base("tiny-musicgen", "cpu")
         processor = tiny_musicgen_processor()
-        model = concepts.load_concept_adapter(base.model, str(out), processor=processor)
-        assert "<koto>" in concepts.placeholder_definitions(processor.tokenizer)  # the prompt word works again
+        model = loading.load_concept_adapter(base.model, str(out), processor=processor)
+        assert "<koto>" in placeholders.placeholder_definitions(processor.tokenizer)  # the prompt word works again
         assert model.peft_config["default"].concepts == ["koto"]
     with pytest.raises(ValueError, match="concept: --method pivotal needs --concept NAME"):
         TrainArguments(base="tiny-musicgen", data="rendered:107:2", method="pivotal")

@@ -1,4 +1,4 @@
-"""Loading AudioLDM2 pipelines so that they generate under transformers 5 (re-exported as `musicpeft.pipelines`).
+"""Loading AudioLDM2 pipelines so that they generate under transformers 5.
 
 The published AudioLDM2 checkpoints (cvssp/audioldm2, -large, -music, the TTS variants) name a bare
 `GPT2Model` as their `language_model` in `model_index.json`. `AudioLDM2Pipeline.generate_language_model`

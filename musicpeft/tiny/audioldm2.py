@@ -160,8 +160,9 @@ def tiny_audioldm2_pipeline(seed: int = 0, language_model_class: str = "GPT2LMHe
     """A randomly initialised tiny `AudioLDM2Pipeline` (all modules in eval mode, progress bar off).
 
     `language_model_class="GPT2Model"` reproduces the layout of the published checkpoints, whose
-    language model cannot generate under transformers 5 until `musicpeft.pipelines.ensure_audioldm2_compat`
-    is applied; the default `GPT2LMHeadModel` is what diffusers' pipeline itself declares and works as is.
+    language model cannot generate under transformers 5 until
+    `musicpeft.families.audioldm2_loading.ensure_audioldm2_compat` is applied; the default `GPT2LMHeadModel`
+    is what diffusers' pipeline itself declares and works as is.
     """
     from diffusers import AudioLDM2Pipeline
 

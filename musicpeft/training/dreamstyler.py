@@ -35,13 +35,15 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from .. import concepts as concept_text
 from .. import errors
+from ..adapters.base import is_pipeline
 from ..api import add_adapter
 from ..data import resample
 from ..tuners.concept_identifier import ConceptIdentifierConfig
-from ..tuners.concept_identifier.components import is_pipeline
+from ..tuners.concept_identifier.binding import bind_processor
 from ..tuners.concept_identifier.config import placeholder
+from ..tuners.concept_identifier.loading import add_pipeline_adapter
+from ..tuners.concept_identifier.placeholders import install_placeholders
 from ..tuners.pivotal_mask import PivotalMaskConfig, count
 from .accelerate_loop import make_accelerator, named_trainable, optimizer_steps, training_scope
 from .collator import MusicgenCollator
@@ -176,7 +178,7 @@ class _MusicgenBackend:
                  "sampling_rate": self.sampling_rate} for r in rows]
 
     def bind(self) -> None:
-        concept_text.bind_processor(self.model, self.processor)
+        bind_processor(self.model, self.processor)
 
     def attach(self, config: Any, name: str) -> Any:
         self.peft_model = add_adapter(self.model, config, name)
@@ -211,7 +213,7 @@ class _PipelineBackend:
         return None  # the pipeline's tokenizers are found by the tuner
 
     def attach(self, config: Any, name: str) -> Any:
-        self.peft_model = concept_text.add_pipeline_adapter(self.pipe, config, name)
+        self.peft_model = add_pipeline_adapter(self.pipe, config, name)
         return self.peft_model
 
     def tokenizers(self) -> list[Any]:
@@ -314,7 +316,7 @@ def train_dreamstyler(model_or_pipe: Any, concepts: list[ConceptData], args: Dre
             raise ValueError(f"Recipe 'full' needs a rare token per concept; rare_tokens={args.rare_tokens}.")
         for tokenizer in backend.tokenizers():
             rare = dict(zip(map(placeholder, names), args.rare_tokens[: len(names)], strict=True))
-            concept_text.install_placeholders(tokenizer, rare)
+            install_placeholders(tokenizer, rare)
         params = prepare_full_finetune(model_or_pipe)
         groups = [{"params": params, "lr": args.learning_rate, "weight_decay": args.weight_decay}]
         result.adapter_name, result.model = None, model_or_pipe
