@@ -120,9 +120,9 @@ def trainable(model) -> int:
 
 
 def run_part_a(world, args, log) -> dict:
+    from musicpeft.evaluation.micro_world import ConceptScorer, codes_dataset, generate, train_method
     from musicpeft.tiny.world import world_clips
     from musicpeft.training.musicgen_trainer import token_cross_entropy
-    from musicpeft.world_eval import ConceptScorer, codes_dataset, generate, train_method
 
     p = args.preset
     rate = world.sampling_rate
@@ -174,10 +174,10 @@ def table_a(results: dict) -> list[str]:
 
 
 def run_part_b(world, args, log) -> dict:
+    from musicpeft.evaluation.micro_world import score_concepts, with_placeholder
     from musicpeft.metrics.core import ReferenceSet
     from musicpeft.tiny.world import world_clips
     from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
-    from musicpeft.world_eval import score_concepts, with_placeholder
 
     p = args.preset
     rate = world.sampling_rate
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    from musicpeft.world_eval import load_micro_world
+    from musicpeft.evaluation.micro_world import load_micro_world
 
     started = time.perf_counter()
 

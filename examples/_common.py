@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 
 from transformers import TrainingArguments
 
+from musicpeft.evaluation.micro_world import codes_dataset
 from musicpeft.io import atomic_write_json
 from musicpeft.tiny.world import world_clips
 from musicpeft.training.musicgen_trainer import make_musicgen_trainer
-from musicpeft.world_eval import codes_dataset
 
 
 def example_parser(

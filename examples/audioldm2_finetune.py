@@ -32,7 +32,7 @@ from _common import example_parser, markdown_table, write_report
 
 from musicpeft.io import atomic_write, atomic_write_text
 from musicpeft.tiny.world import world_clips
-from musicpeft.train_cli import TrainArguments, run_training
+from musicpeft.training.runner import TrainArguments, run_training
 
 # instrument of the micro-world -> MusicNet ensemble name
 ENSEMBLES = {"piano": "Solo Piano", "strings": "String Quartet", "flute": "Solo Flute", "clarinet": "Solo Clarinet",

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 from _common import markdown_table, write_report
 from transformers import HfArgumentParser
 
+from musicpeft.evaluation.micro_world import load_micro_world, score_concepts, with_placeholder
 from musicpeft.metrics.core import ReferenceSet
 from musicpeft.tiny.world import world_clips
 from musicpeft.training.dreamstyler import ConceptData, DreamStylerArguments, train_dreamstyler
-from musicpeft.world_eval import load_micro_world, score_concepts, with_placeholder
 
 # name -> (what it is, changes to the DreamStylerArguments)
 RECIPES = {

@@ -35,8 +35,8 @@ import time
 
 from _common import cpu_training_arguments, example_parser, markdown_table, train_musicgen, world_codes, write_report
 
+from musicpeft.evaluation.micro_world import load_micro_world, method_model
 from musicpeft.training.musicgen_trainer import token_cross_entropy
-from musicpeft.world_eval import load_micro_world, method_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,8 +36,8 @@ import numpy as np
 from _common import cpu_training_arguments, example_parser, markdown_table, train_musicgen, write_report
 
 import musicpeft
+from musicpeft.evaluation.micro_world import ConceptScorer, codes_dataset, generate, load_micro_world
 from musicpeft.tiny.world import caption_for, world_clips
-from musicpeft.world_eval import ConceptScorer, codes_dataset, generate, load_micro_world
 
 CATEGORIES = ("instrument", "style", "caption", "no instrument word")
 

@@ -31,9 +31,9 @@ from _common import example_parser, world_codes
 from peft import PeftModel
 
 import musicpeft
+from musicpeft.evaluation.micro_world import load_micro_world, train_soft_prompt
 from musicpeft.training.collator import base_musicgen
 from musicpeft.training.musicgen_trainer import token_cross_entropy
-from musicpeft.world_eval import load_micro_world, train_soft_prompt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

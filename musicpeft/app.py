@@ -35,8 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from .api import load_adapter
-from .families import tiny_sources
-from .generation import (
+from .evaluation.generation import (
     TINY_AUDIOLDM2,
     TINY_MUSICGEN,
     TINY_MUSICGEN_TRAINED,
@@ -45,6 +44,7 @@ from .generation import (
     generate_clips,
     load_base,
 )
+from .families import tiny_sources
 from .io import atomic_write
 from .tuners.concept_identifier import placeholders
 
@@ -186,7 +186,7 @@ class AppModels:
     """Loads a base and its adapters on demand and keeps them between requests.
 
     One base is kept at a time (choosing another frees the previous one and its adapters); each adapter
-    lives on its own deep copy of the base and processor (:mod:`musicpeft.generation` explains why
+    lives on its own deep copy of the base and processor (:mod:`musicpeft.evaluation.generation` explains why
     copies). A lock serialises requests: models are not re-entrant under generation.
     """
 

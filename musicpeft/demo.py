@@ -4,7 +4,7 @@ The base (``tiny-musicgen-trained``, :func:`musicpeft.tiny.load_trained_musicgen
 music of the base instruments only; koto clips never reached it. The demo renders koto clips of training
 and held-out pieces into audio folders (``data/``), then runs exactly what a user would type:
 
-* ``musicpeft train`` (:func:`musicpeft.train_cli.run_training`): a ``SoftMusicPromptConfig`` on the training
+* ``musicpeft train`` (:func:`musicpeft.training.runner.run_training`): a ``SoftMusicPromptConfig`` on the training
   folder, saved as an adapter folder;
 * ``musicpeft evaluate`` (:func:`musicpeft.evaluation.run_evaluation`): the base without and with the prompt,
   loaded from disk, on the same koto prompts and seeds, scored with tools trained independently of the
@@ -33,13 +33,13 @@ import soundfile as sf
 import torch
 from transformers import MusicgenConfig
 
-from .evaluation import TINY_CLAP_TRAINED, EvaluateArguments, run_evaluation
-from .generation import TINY_MUSICGEN_TRAINED
+from .evaluation.generation import TINY_MUSICGEN_TRAINED
+from .evaluation.micro_world import classifier_scores, trained_models_available
+from .evaluation.runner import TINY_CLAP_TRAINED, EvaluateArguments, run_evaluation
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .tiny import load_instrument_classifier, trained_musicgen_path
 from .tiny.world import world_clips
-from .train_cli import TrainArguments, run_training
-from .world_eval import classifier_scores, trained_models_available
+from .training.runner import TrainArguments, run_training
 
 METRICS = (
     ("clap_score", "CLAP score vs. the koto prompt", "higher"),

@@ -18,7 +18,7 @@ import torch
 import musicpeft
 from musicpeft.app import AppModels, declared_placeholders, prompt_for
 from musicpeft.cli import main
-from musicpeft.generation import TINY_MUSICGEN
+from musicpeft.evaluation.generation import TINY_MUSICGEN
 from musicpeft.tiny import tiny_musicgen, tiny_musicgen_processor
 from musicpeft.tuners.concept_identifier import ConceptIdentifierConfig, binding
 from musicpeft.tuners.concept_identifier.placeholders import UnknownConceptError

@@ -13,7 +13,7 @@ from peft import PeftModel
 
 import musicpeft
 from musicpeft.cli import main
-from musicpeft.world_eval import trained_models_available
+from musicpeft.evaluation.micro_world import trained_models_available
 
 pytestmark = pytest.mark.skipif(
     not trained_models_available(), reason="the trained tiny models are not in this checkout (issue 8)"

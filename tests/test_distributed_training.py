@@ -27,7 +27,7 @@ def _script():
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
-    import musicpeft.train_cli as train_cli
+    import musicpeft.training.runner as train_cli
 
     monkeypatch.setattr(train_cli, "load_base", _script().load_without_dropout)
     assert main(["train", *COMMON, "--batch-size", "2", "--output-dir", str(tmp_path / "one")]) == 0

@@ -18,9 +18,10 @@ from PIL import Image
 import musicpeft
 from musicpeft.cli import main
 from musicpeft.data.render import render_clips
-from musicpeft.evaluation import EvaluateArguments, parse_adapters, parse_rendered
-from musicpeft.generation import generate_clips, load_base
-from musicpeft.prompt_sets import load_prompt_set
+from musicpeft.data.sources import parse_rendered
+from musicpeft.evaluation import EvaluateArguments, parse_adapters
+from musicpeft.evaluation.generation import generate_clips, load_base
+from musicpeft.evaluation.prompt_sets import load_prompt_set
 
 SR = 16000
 PROMPTS = {"instruments": ["a folk melody on koto", "a slow piano waltz"],
@@ -221,7 +222,7 @@ def test_adapter_and_rendered_specs():
 
 
 def test_reference_folder_without_metadata_and_heldout_needing_it(inputs, tmp_path):
-    from musicpeft.evaluation import load_clips
+    from musicpeft.data.sources import load_clips
 
     for i, clip in enumerate(render_clips(2, 1.0, sample_rate=SR, program=107, seed=5)):
         sf.write(tmp_path / f"{i}.wav", clip, 2 * SR)  # stored at 32 kHz, read back at the model's 16 kHz
@@ -275,7 +276,7 @@ def test_batched_musicgen_clips_do_not_depend_on_the_batch():
 
 def test_adapters_switched_on_one_base_generate_what_fresh_loads_do(tmp_path):
     """Two soft prompts share one PeftModel (set_adapter); a LoRA needs another, after which the base is intact."""
-    from musicpeft.generation import _fingerprint, switch_adapters
+    from musicpeft.evaluation.generation import _fingerprint, switch_adapters
     from musicpeft.training.presets import lora_config
 
     folders = {
@@ -343,8 +344,8 @@ def test_push_card_from_the_evaluation(musicgen_run, inputs, local_hub):
 
 
 def test_the_shipped_trained_tiny_models_are_named_bases_and_judges():
-    from musicpeft.evaluation import TINY_CLAP_TRAINED, EvaluateArguments, _clap_backend
-    from musicpeft.generation import TINY_MUSICGEN_TRAINED, base_family, load_base
+    from musicpeft.evaluation.generation import TINY_MUSICGEN_TRAINED, base_family, load_base
+    from musicpeft.evaluation.runner import TINY_CLAP_TRAINED, EvaluateArguments, _clap_backend
     from musicpeft.tiny import load_trained_musicgen
 
     assert base_family(TINY_MUSICGEN_TRAINED) == "musicgen"

@@ -12,7 +12,7 @@ import torch
 from fixtures import tiny_musicgen
 from peft import PeftModel
 
-from musicpeft.world_eval import trained_models_available
+from musicpeft.evaluation.micro_world import trained_models_available
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -14,6 +14,7 @@ import torch
 from fixtures import perturb_adapter
 
 import musicpeft
+from musicpeft.evaluation.generation import base_family, generate_clips, load_base
 from musicpeft.families import (
     FAMILIES,
     MUSICGEN,
@@ -26,7 +27,6 @@ from musicpeft.families import (
     get_family,
     unwrap_peft,
 )
-from musicpeft.generation import base_family, generate_clips, load_base
 from musicpeft.tiny import make_t5_tokenizer, tiny_musicgen, tiny_musicgen_processor
 from musicpeft.tiny.musicgen_variants import tiny_musicgen_melody, tiny_musicgen_stereo
 from musicpeft.training.presets import list_presets, lora_config, preset_modules
@@ -215,7 +215,7 @@ def test_melody_trains_with_musicgens_recipe_through_the_cli(tmp_path):
 
 
 def test_stereo_has_no_training_recipe_and_train_says_so(tmp_path):
-    from musicpeft.train_cli import TrainArguments, run_training
+    from musicpeft.training.runner import TrainArguments, run_training
 
     assert MUSICGEN_STEREO.training is None and MUSICGEN_MELODY.training == MUSICGEN.training
     with pytest.raises(ValueError, match="no training recipe for the musicgen-stereo family"):

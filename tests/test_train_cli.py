@@ -11,8 +11,8 @@ import torch
 import musicpeft
 from musicpeft.cli import main
 from musicpeft.errors import NonFiniteTrainingError, OutputDirNotEmptyError
-from musicpeft.generation import load_base
-from musicpeft.train_cli import TrainArguments
+from musicpeft.evaluation.generation import load_base
+from musicpeft.training.runner import TrainArguments
 
 FAST = ["--clip-seconds", "1", "--max-steps", "2", "--batch-size", "2", "--num-virtual-tokens", "4", "--lora-r", "2"]
 
@@ -204,7 +204,7 @@ def without_dropout(monkeypatch) -> None:
     import importlib.util
     from pathlib import Path
 
-    import musicpeft.train_cli as train_cli
+    import musicpeft.training.runner as train_cli
 
     script = Path(__file__).parent / "scripts" / "train_without_dropout.py"
     spec = importlib.util.spec_from_file_location("train_without_dropout", script)

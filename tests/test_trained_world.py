@@ -14,7 +14,7 @@ import functools
 import numpy as np
 import pytest
 
-from musicpeft.world_eval import trained_models_available
+from musicpeft.evaluation.micro_world import trained_models_available
 
 pytestmark = pytest.mark.skipif(
     not trained_models_available(), reason="the trained tiny models are not in this checkout (issue 8)"
@@ -26,8 +26,8 @@ SECONDS = 1.0
 
 @functools.lru_cache(maxsize=1)
 def _world_and_data():
+    from musicpeft.evaluation.micro_world import codes_dataset, load_micro_world
     from musicpeft.tiny.world import world_clips
-    from musicpeft.world_eval import codes_dataset, load_micro_world
 
     world = load_micro_world()
     rate = world.sampling_rate
@@ -40,7 +40,7 @@ def _world_and_data():
 def _trained_prompt():
     import tempfile
 
-    from musicpeft.world_eval import train_soft_prompt
+    from musicpeft.evaluation.micro_world import train_soft_prompt
 
     world, train, _, _ = _world_and_data()
     with tempfile.TemporaryDirectory() as scratch:
@@ -52,7 +52,7 @@ def _trained_prompt():
 
 def test_the_trained_base_is_not_already_koto():
     """The premise: the base's koto-captioned clips are not recognised as koto, real held-out koto clips are."""
-    from musicpeft.world_eval import generate
+    from musicpeft.evaluation.micro_world import generate
 
     world, _, heldout, _ = _world_and_data()
     prompts = [r["text"] for r in heldout]
@@ -76,7 +76,7 @@ def test_a_koto_soft_prompt_lowers_the_heldout_cross_entropy():
 
 
 def test_a_koto_soft_prompt_makes_generations_closer_to_koto():
-    from musicpeft.world_eval import ConceptScorer, generate
+    from musicpeft.evaluation.micro_world import ConceptScorer, generate
 
     world, _, heldout, _ = _world_and_data()
     model, _ = _trained_prompt()
@@ -91,7 +91,7 @@ def test_a_koto_soft_prompt_makes_generations_closer_to_koto():
 
 
 def test_scorer_refuses_an_instrument_the_classifier_does_not_know():
-    from musicpeft.world_eval import ConceptScorer
+    from musicpeft.evaluation.micro_world import ConceptScorer
 
     world, _, heldout, _ = _world_and_data()
     with pytest.raises(ValueError, match="not a label of the instrument classifier"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..evaluation import EvaluateArguments, run_evaluation
+from ..evaluation.runner import EvaluateArguments, run_evaluation
 from .arguments import add_dataclass_arguments, from_namespace
 
 

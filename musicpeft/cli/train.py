@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train_cli import TrainArguments, format_summary, run_training
+from ..training.runner import TrainArguments, format_summary, run_training
 from .arguments import add_dataclass_arguments, from_namespace
 
 

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
 from .audioldm2 import AUDIOLDM2, TINY_AUDIOLDM2
 from .base import (
     LOSS_CODEC_TOKENS,
@@ -143,6 +145,9 @@ def tiny_sources() -> list[str]:
 
 
 __all__ = [
+    "DTYPES",
+    "base_family",
+    "load_base",
     "AUDIOLDM2",
     "DEFAULT_FAMILY",
     "FAMILIES",
@@ -175,3 +180,18 @@ __all__ = [
     "tiny_sources",
     "unwrap_peft",
 ]
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def base_family(source: str) -> str:
+    """The family name (``"musicgen"``, ``"audioldm2"``, ...) of the base ``source`` names, without loading it."""
+    return family_of_source(source).name
+
+
+def load_base(source: str, device: str, dtype: str = "float32") -> LoadedBase:
+    """Load the base model or pipeline once, in eval mode, on ``device`` (its family says how)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return family_of_source(source).load(source, device, DTYPES[dtype])

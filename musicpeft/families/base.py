@@ -264,7 +264,7 @@ class ModelFamily:
     def generate_clips(self, base: LoadedBase, model: Any, prompts: list[str], seeds: list[int], *,
                        seconds: float, guidance_scale: float, num_inference_steps: int = 200,
                        batch_size: int = 8) -> list[np.ndarray]:
-        """One clip per prompt, prompt `i` drawn with `seeds[i]` (see `musicpeft.generation.generate_clips`)."""
+        """One clip per prompt, prompt `i` drawn with `seeds[i]` (see `evaluation.generation.generate_clips`)."""
         raise NotImplementedError(f"The {self.name} family does not say how to generate clips.")
 
 

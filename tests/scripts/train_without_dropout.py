@@ -6,9 +6,9 @@ import sys
 
 import torch
 
-import musicpeft.train_cli as train_cli
+import musicpeft.training.runner as train_cli
 from musicpeft.cli import main
-from musicpeft.generation import load_base
+from musicpeft.evaluation.generation import load_base
 
 
 def load_without_dropout(*args, **kwargs):

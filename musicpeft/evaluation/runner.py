@@ -3,7 +3,7 @@
 Why one command: an adapter's effect is only visible next to the base model it adapts, generated
 from the same prompts with the same seeds and scored against the same reference set. Here the base
 is loaded once and generates first; every adapter is then loaded once onto that same base under its
-own name and activated in turn (:func:`~musicpeft.generation.switch_adapters`: no copy of the base, and
+own name and activated in turn (:func:`~musicpeft.evaluation.generation.switch_adapters`: no copy of the base, and
 the base is checked to be unchanged whenever adapters are unloaded); prompts are generated in batches
 of ``batch_size``, prompt ``i`` with its own generator seeded ``seed + i`` by every model (its clip does
 not depend on the batch);
@@ -15,7 +15,7 @@ and the generated wavs land in ``output_dir``.
 Generation (per model) and scoring show progress bars on stderr (:mod:`musicpeft.training.progress`: off when
 stderr is not a terminal or with ``TQDM_DISABLE=1``); standard output keeps only the summary lines.
 
-How clips are generated reproducibly for each family: :mod:`musicpeft.generation`.
+How clips are generated reproducibly for each family: :mod:`musicpeft.evaluation.generation`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapters.files import AdapterFileError
-from .api import resolve_source
-from .data.audio import load_audio
-from .data.dataset import load_audio_folder, make_rendered_dataset
-from .evaluation_report import summary_rows, write_evaluation_report
-from .families import LOSS_CODEC_TOKENS, get_family
+from ..adapters.files import AdapterFileError
+from ..api import resolve_source
+from ..data.sources import check_source, load_clips
+from ..families import LOSS_CODEC_TOKENS, get_family
+from ..metrics import ReferenceSet, compute_clap_kld, load_clap_backend
+from ..tiny import tiny_clap, tiny_clap_processor, trained_clap_path
+from ..training.musicgen_trainer import token_cross_entropy
+from ..training.progress import progress_bar
 from .generation import (
     DTYPES,
     TINY_AUDIOLDM2,
@@ -48,17 +50,13 @@ from .generation import (
     save_clips,
     switch_adapters,
 )
-from .metrics import ReferenceSet, compute_clap_kld, load_clap_backend
 from .prompt_sets import PromptSet, load_prompt_set
-from .tiny import tiny_clap, tiny_clap_processor, trained_clap_path
-from .training.musicgen_trainer import token_cross_entropy
-from .training.progress import progress_bar
+from .report import summary_rows, write_evaluation_report
 
 TINY_CLAP = "tiny"
 # The shipped tiny CLAP trained on the micro-world (musicpeft.tiny.trained), a judge that knows its instruments.
 TINY_CLAP_TRAINED = "tiny-trained"
 BASELINE = "base"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -176,57 +174,6 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
-def parse_rendered(spec: str, what: str) -> tuple[int | None, int] | None:
-    """``rendered:<program>:<n>`` -> (program or None, n); None when ``spec`` is not a rendered spec."""
-    if not spec.startswith("rendered:"):
-        return None
-    parts = spec.split(":")
-    expected = f"{what}: {spec!r} should read 'rendered:<program>:<n>' (program 0-127 or empty, n >= 1)"
-    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
-        raise ValueError(expected)
-    program = parts[1].strip().lower()
-    if program in ("", "none"):
-        return None, int(parts[2])
-    if not program.isdigit() or not 0 <= int(program) <= 127:
-        raise ValueError(expected)
-    return int(program), int(parts[2])
-
-
-def _check_source(spec: str, what: str) -> None:
-    if parse_rendered(spec, what) is None and not os.path.isdir(spec):
-        raise FileNotFoundError(f"{what}: {spec!r} is neither a folder nor 'rendered:<program>:<n>'")
-
-
-def load_clips(spec: str, sampling_rate: int, seconds: float, seed: int, what: str, need_text: bool = False):
-    """Audio for ``reference`` / ``heldout`` at the model's rate: ``(clips, texts or None)``.
-
-    A folder with ``metadata.jsonl`` goes through :func:`~musicpeft.data.dataset.load_audio_folder`
-    (whole files as recorded, no normalisation; held-out files in chunks of at most 30 s); without
-    one, every audio file in it is read (only for the reference: cross-entropy needs prompts). The
-    second item is the dataset with the clips' captions (``text``) when the source has them (a
-    ``metadata.jsonl`` folder or rendered clips), else None.
-    """
-    rendered = parse_rendered(spec, what)
-    if rendered is not None:
-        program, n = rendered
-        data = make_rendered_dataset(n, seconds, sampling_rate, program=program, seed=seed)
-    elif os.path.isfile(os.path.join(spec, "metadata.jsonl")):
-        data = load_audio_folder(spec, sample_rate=sampling_rate, chunk_seconds=30.0 if need_text else None,
-                                 remainder="keep", normalize="none")
-    elif need_text:
-        raise FileNotFoundError(
-            f"{what}: {spec} has no metadata.jsonl; token cross-entropy needs each clip's prompt "
-            "(one JSON object per file with 'path' and 'description')"
-        )
-    else:
-        files = sorted(name for name in os.listdir(spec) if name.lower().endswith(AUDIO_EXTENSIONS))
-        if not files:
-            raise FileNotFoundError(f"{what}: {spec} holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-        return [load_audio(os.path.join(spec, name), sample_rate=sampling_rate)[0] for name in files], None
-    clips = [np.asarray(row["audio"], dtype=np.float32) for row in data]
-    return clips, data
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -245,9 +192,9 @@ def _check_inputs(args: EvaluateArguments) -> tuple[PromptSet, dict[str, str]]:
     """Everything that can be checked before loading a model: prompts, adapter names, audio sources."""
     prompt_set = load_prompt_set(args.prompts).limit(args.max_prompts_per_category)
     adapters = parse_adapters(list(args.adapters))
-    _check_source(args.reference, "reference")
+    check_source(args.reference, "reference")
     if args.heldout is not None:
-        _check_source(args.heldout, "heldout")
+        check_source(args.heldout, "heldout")
     family = get_family(base_family(args.base))
     if args.heldout is not None and getattr(family.training, "loss", None) != LOSS_CODEC_TOKENS:
         raise ValueError(f"heldout: token cross-entropy needs a MusicGen base; {args.base} is a {family.name} base")
@@ -308,7 +255,7 @@ def score_clips(clips: Sequence[np.ndarray], prompts: Sequence[str], scoring: Sc
 
 def _generate(name: str, model: Any, base: LoadedBase, prompts: list[str], seeds: list[int], guidance: float,
               args: EvaluateArguments) -> list[np.ndarray]:
-    """:func:`~musicpeft.generation.generate_clips` a batch at a time under a progress bar (a prompt's clip
+    """:func:`~musicpeft.evaluation.generation.generate_clips` a batch at a time under a progress bar (a prompt's clip
     does not depend on its batch, so this is the same as one call)."""
     clips: list[np.ndarray] = []
     with progress_bar(total=len(prompts), desc=f"Generating ({name})", unit="clip") as bar:

@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .adapters.folder import swap_in
-from .errors import MusicpeftInputError, OutputDirNotEmptyError
+from ..adapters.folder import swap_in
+from ..errors import MusicpeftInputError, OutputDirNotEmptyError
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> None:

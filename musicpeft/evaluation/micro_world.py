@@ -12,7 +12,7 @@ then measure them with tools that were trained independently of the generator:
 
 Generation here batches prompts under one seed (``torch.manual_seed(seed)`` then one ``generate``
 call): a fair before/after comparison needs the same prompts, seed and batch on both sides, not
-per-prompt independence (``musicpeft.generation`` offers that, one prompt at a time).
+per-prompt independence (``musicpeft.evaluation.generation`` offers that, one prompt at a time).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ import datasets
 import numpy as np
 import torch
 
-from . import tiny
-from .api import add_adapter
-from .evaluation import Scoring, score_clips
-from .metrics.clap import TransformersClap
-from .metrics.core import ReferenceSet, compute_clap_kld
-from .training.collator import base_musicgen, precompute_codes
-from .training.musicgen_trainer import make_musicgen_trainer
-from .training.presets import lora_config, prepare_full_finetune
-from .tuners import SoftMusicPromptConfig
+from .. import tiny
+from ..api import add_adapter
+from ..metrics.clap import TransformersClap
+from ..metrics.core import ReferenceSet, compute_clap_kld
+from ..training.collator import base_musicgen, precompute_codes
+from ..training.musicgen_trainer import make_musicgen_trainer
+from ..training.presets import lora_config, prepare_full_finetune
+from ..tuners import SoftMusicPromptConfig
+from .runner import Scoring, score_clips
 
 
 @dataclass

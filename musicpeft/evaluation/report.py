@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_text
-from .metrics.report import write_report
+from ..io import atomic_write_text
+from ..metrics.report import write_report
 
 PLOT_TITLES = {
     "per_prompt_clap_score": "CLAP score per prompt",

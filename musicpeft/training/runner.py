@@ -2,7 +2,7 @@
 
 No loop of its own: MusicGen trains on the transformers Trainer (:func:`make_musicgen_trainer`, early stopping
 on an eval split, token cross-entropy before/after), AudioLDM2 on :func:`train_audioldm2` (best eval state kept).
-Bases are loaded by :func:`musicpeft.generation.load_base` and ``rendered:`` specs parsed by
+Bases are loaded by :func:`musicpeft.evaluation.generation.load_base` and ``rendered:`` specs parsed by
 :func:`musicpeft.evaluation.parse_rendered`, as ``musicpeft evaluate`` does.
 
 Defaults left as None are the papers' (batch size, learning rate, epochs, clip length): MusicGen from
@@ -23,28 +23,37 @@ import numpy as np
 import torch
 from transformers import SchedulerType
 
-from .api import add_adapter, save_adapter
-from .data.dataset import load_audio_folder, make_rendered_dataset
-from .errors import ResumeError
-from .evaluation import parse_rendered
-from .families import FAMILIES, LOSS_CODEC_TOKENS, MUSICGEN, get_family
-from .generation import TINY_AUDIOLDM2, TINY_MUSICGEN, LoadedBase, base_family, load_base
-from .io import atomic_write_json
-from .train_output import check_output_dir, make_staging, swap_into_place
-from .training.collator import precompute_codes
-from .training.diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
-from .training.dreamstyler import RECIPES, ConceptData, DreamStylerArguments, train_dreamstyler
-from .training.encoding_cache import default_cache_dir
-from .training.musicgen_trainer import (
+from ..api import add_adapter, save_adapter
+from ..data.dataset import load_audio_folder, make_rendered_dataset
+from ..data.sources import parse_rendered
+from ..errors import ResumeError
+from ..families import (
+    FAMILIES,
+    LOSS_CODEC_TOKENS,
+    MUSICGEN,
+    TINY_AUDIOLDM2,
+    TINY_MUSICGEN,
+    LoadedBase,
+    base_family,
+    get_family,
+    load_base,
+)
+from ..io import atomic_write_json
+from ..tuners.concept_identifier.config import placeholder
+from ..tuners.soft_prompt import SoftMusicPromptConfig
+from .collator import precompute_codes
+from .diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
+from .dreamstyler import RECIPES, ConceptData, DreamStylerArguments, train_dreamstyler
+from .encoding_cache import default_cache_dir
+from .musicgen_trainer import (
     PAPER_DEFAULTS,
     check_resumable,
     last_checkpoint,
     make_musicgen_trainer,
     token_cross_entropy,
 )
-from .training.presets import list_presets, lora_config, prepare_full_finetune
-from .tuners.concept_identifier.config import placeholder
-from .tuners.soft_prompt import SoftMusicPromptConfig
+from .output import check_output_dir, make_staging, swap_into_place
+from .presets import list_presets, lora_config, prepare_full_finetune
 
 METHODS = ("soft_prompt", "lora:<preset>", "full", "concepts", "pivotal", "dreamstyler[:<recipe>]")
 # concept methods -> train_dreamstyler recipes (musicpeft/training/dreamstyler.py)

@@ -35,21 +35,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapters.lifecycle import load_adapter, set_active_adapter, unload_adapters
-from .adapters.manifest import MANIFEST_NAME
-from .families import (
+from ..adapters.lifecycle import load_adapter, set_active_adapter, unload_adapters
+from ..adapters.manifest import MANIFEST_NAME
+from ..families import (
+    DTYPES,
     TINY_AUDIOLDM2,
     TINY_MUSICGEN,
     TINY_MUSICGEN_MELODY,
     TINY_MUSICGEN_STEREO,
     TINY_MUSICGEN_TRAINED,
     LoadedBase,
-    family_of_source,
+    base_family,
+    load_base,
 )
-from .families.musicgen import PromptSeededSampler
-from .io import atomic_write
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from ..families.musicgen import PromptSeededSampler
+from ..io import atomic_write
 
 __all__ = [
     "DTYPES",
@@ -67,18 +67,6 @@ __all__ = [
     "save_clips",
     "switch_adapters",
 ]
-
-
-def base_family(source: str) -> str:
-    """The family name (``"musicgen"``, ``"audioldm2"``, ...) of the base ``source`` names, without loading it."""
-    return family_of_source(source).name
-
-
-def load_base(source: str, device: str, dtype: str = "float32") -> LoadedBase:
-    """Load the base model or pipeline once, in eval mode, on ``device`` (its family says how)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return family_of_source(source).load(source, device, DTYPES[dtype])
 
 
 def _adapter_kind(folder: str) -> tuple:
