@@ -327,3 +327,15 @@ def test_make_rendered_dataset():
     named = make_rendered_dataset(2, 1.5, SR, program=73, seed=0, caption=lambda i: f"clip {i}")
     assert list(named["text"]) == ["clip 0", "clip 1"]
     assert np.array_equal(named[0]["audio"], ds[0]["audio"])
+
+
+def test_mix_to_mono_is_the_one_in_memory_convention():
+    from musicpeft.data import mix_to_mono
+
+    left, right = np.ones(100, dtype=np.float32), -np.ones(100, dtype=np.float32) * 0.5
+    assert np.allclose(mix_to_mono(np.stack([left, right])), 0.25)
+    assert mix_to_mono(left) is left
+    with pytest.raises(ValueError, match=r"generated: .*\(channels, samples\).*pass its transpose"):
+        mix_to_mono(np.zeros((100, 2), dtype=np.float32), "generated")
+    with pytest.raises(ValueError, match="generated: audio must be 1-D"):
+        mix_to_mono(np.zeros((1, 2, 3)), "generated")

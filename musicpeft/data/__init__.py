@@ -1,6 +1,15 @@
 """Audio data for training and tests: rendering real scores, loading and chunking audio, captions."""
 
-from .audio import chunk, load_audio, loudness_normalize, peak_normalize, resample, to_mono, trim_silence
+from .audio import (
+    chunk,
+    load_audio,
+    loudness_normalize,
+    mix_to_mono,
+    peak_normalize,
+    resample,
+    to_mono,
+    trim_silence,
+)
 from .captions import CAPTION_FIELDS, caption_from_metadata, load_metadata
 from .dataset import default_caption, load_audio_folder, make_rendered_dataset
 from .render import corpus_pieces, render_clips, render_score, soundfont_path, stock_soundfont_path
@@ -22,6 +31,7 @@ __all__ = [
     "resample",
     "soundfont_path",
     "stock_soundfont_path",
+    "mix_to_mono",
     "to_mono",
     "trim_silence",
 ]

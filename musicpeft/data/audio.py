@@ -44,14 +44,33 @@ def load_audio(
     return audio, int(rate)
 
 
+MAX_CHANNELS = 8  # more "channels" than this in a 2-D clip means a (samples, channels) array was passed
+
+
+def mix_to_mono(audio: np.ndarray, where: str = "audio") -> np.ndarray:
+    """The one mono convention of the package for clips in memory: 1-D ``(samples,)`` is returned as is,
+    ``(channels, samples)`` (what MusicGen stereo and AudioLDM2 generate) is averaged over channels.
+
+    A 2-D array with more than ``MAX_CHANNELS`` rows is refused, naming ``where``: it is almost surely
+    ``(samples, channels)`` and averaging it would silently mix time into channels.
+    """
+    x = np.asarray(audio)
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise ValueError(f"{where}: audio must be 1-D (samples) or 2-D (channels, samples), got shape {x.shape}")
+    if x.shape[0] > MAX_CHANNELS:
+        raise ValueError(f"{where}: 2-D audio must be (channels, samples) with at most {MAX_CHANNELS} channels, "
+                         f"got shape {x.shape}; if it is (samples, channels), pass its transpose")
+    return x.mean(axis=0).astype(x.dtype, copy=False)
+
+
 def to_mono(audio: np.ndarray) -> np.ndarray:
-    """Average the channels of ``(frames, channels)`` audio; 1-D audio is returned as is."""
+    """Average the channels of ``(frames, channels)`` audio as soundfile reads it; 1-D audio is returned as is."""
     audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 1:
-        return audio
-    if audio.ndim != 2:
+    if audio.ndim not in (1, 2):
         raise ValueError(f"to_mono: expected 1-D or (frames, channels) audio, got shape {audio.shape}")
-    return audio.mean(axis=1).astype(np.float32)
+    return audio if audio.ndim == 1 else audio.mean(axis=1).astype(np.float32)
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int, dtype: type = np.float32) -> np.ndarray:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.audio import mix_to_mono
 from ..data.audio import resample as resample_audio
 
 DEFAULT_SILENCE_THRESHOLD = 1e-4  # peak |x| (about -80 dBFS) at or below which a clip counts as silent
-MAX_CHANNELS = 8
 
 
 @dataclass
@@ -97,16 +97,7 @@ def split_item(item, default_rate, what: str) -> tuple[np.ndarray, int]:
         )
     rate = _rate(rate, what)
     x = _to_numpy(samples, what)
-    if x.ndim == 2:
-        if x.shape[0] > MAX_CHANNELS:
-            raise ValueError(
-                f"{what}: 2-D audio must be (channels, samples) with at most {MAX_CHANNELS} channels, "
-                f"got shape {x.shape}; if it is (samples, channels), pass its transpose"
-            )
-        x = x.mean(axis=0)
-    elif x.ndim != 1:
-        raise ValueError(f"{what}: audio must be 1-D (samples) or 2-D (channels, samples), got shape {x.shape}")
-    return x, rate
+    return mix_to_mono(x, what), rate
 
 
 def problem(x: np.ndarray, rate: int, min_samples_at: tuple[int, int], silence_threshold: float) -> str | None:

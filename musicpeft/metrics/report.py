@@ -17,6 +17,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
+from ..data.audio import mix_to_mono
 from ..io import atomic_write, atomic_write_text
 from .audio import resample
 from .features import FeatureConfig, extract_features
@@ -169,7 +170,7 @@ def _usable(clips, sampling_rate, fc) -> list[np.ndarray]:
     out = []
     for clip in clips:
         x = np.asarray(clip, dtype=np.float64)
-        x = x.mean(axis=0) if x.ndim == 2 else x
+        x = mix_to_mono(x, "clip")
         if x.size and np.all(np.isfinite(x)) and np.ptp(x) > 0:
             y = resample(x, sampling_rate, fc.sample_rate)
             if len(y) >= fc.n_fft:
@@ -210,7 +211,7 @@ def _spectrogram_plot(audio, prompts, sampling_rate, max_clips, path: Path) -> P
         for j, name in enumerate(names):
             ax = fig.add_subplot(n, len(names), i * len(names) + j + 1)
             x = np.asarray(audio[name][i], dtype=np.float64)
-            x = x.mean(axis=0) if x.ndim == 2 else x
+            x = mix_to_mono(x, "clip")
             x = np.nan_to_num(x)
             mel = librosa.feature.melspectrogram(y=x, sr=sampling_rate, n_fft=1024, hop_length=256, n_mels=64)
             ax.imshow(librosa.power_to_db(mel + 1e-12, ref=np.max), origin="lower", aspect="auto", cmap="magma")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.audio import resample
+from ..data.audio import mix_to_mono, resample
 
 # sampling rate -> (n_fft, win_length, fmin, fmax) of AudioLDM-family training configs.
 _KNOWN_STFT = {16000: (1024, 1024, 0.0, 8000.0), 48000: (2048, 2048, 20.0, 24000.0)}
@@ -115,15 +115,6 @@ def frame_samples(config: MelConfig, vae_scale_factor: int) -> int:
     return unit * max(1, math.ceil((pad + 1) / unit))
 
 
-def _mono(audio: np.ndarray, where: str) -> np.ndarray:
-    if audio.ndim == 1:
-        return audio
-    if audio.ndim == 2:
-        channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
-        return audio.mean(axis=channel_axis)
-    raise ValueError(f"{where}: audio must be 1-D (samples) or 2-D (channels x samples), got shape {audio.shape}.")
-
-
 def normalize_waveform(audio: np.ndarray) -> np.ndarray:
     """AudioLDM's `normalize_wav`: remove the mean, then scale the peak to 0.5."""
     audio = audio - audio.mean()
@@ -161,7 +152,7 @@ class AudioTextCollator:
             audio, rate = audio["array"], audio.get("sampling_rate", rate)
         if rate is None:
             raise ValueError(f"{where}: no sampling rate; add a `sampling_rate` column or pass a fixed rate.")
-        audio = _mono(np.asarray(audio, dtype=np.float32), where)
+        audio = mix_to_mono(np.asarray(audio, dtype=np.float32), where)
         audio = resample(audio, int(rate), self.mel.sampling_rate)
         if len(audio) < self.unit:
             raise ValueError(
