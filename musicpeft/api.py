@@ -7,7 +7,7 @@ manifest, the folder writer, rollback); this module is the stable place to impor
 
 from __future__ import annotations
 
-from .adapters.base import family_adapts_components, is_pipeline, unwrap_model
+from .adapters.base import family_adapts_components, is_pipeline, unwrap_peft
 from .adapters.hosts import host_of
 from .adapters.lifecycle import (
     add_adapter,
@@ -44,7 +44,7 @@ __all__ = [
     "save_peft_adapter",
     "set_active_adapter",
     "unload_adapters",
-    "unwrap_model",
+    "unwrap_peft",
     "write_manifest",
     "write_peft_adapter",
 ]

@@ -9,7 +9,7 @@ from peft import get_peft_model
 
 import musicpeft
 from musicpeft import SoftMusicPromptConfig, UnsupportedModelError
-from musicpeft.adapters import host_of, is_pipeline, peft_model_of, unwrap_model
+from musicpeft.adapters import host_of, is_pipeline, peft_model_of, unwrap_peft
 from musicpeft.adapters.base import component_family
 
 
@@ -20,7 +20,7 @@ def test_one_pipeline_check_one_unwrap_one_host_per_kind():
     assert [is_pipeline(obj) for obj in (pipe, model, peft_model)] == [True, False, False]
     # The model is adapted in place: the bare model finds its PeftModel, and both unwrap to the model.
     assert peft_model_of(model) is peft_model
-    assert unwrap_model(peft_model) is model and unwrap_model(model) is model
+    assert unwrap_peft(peft_model) is model and unwrap_peft(model) is model
     assert [host_of(obj).kind for obj in (pipe, model, peft_model)] == ["pipeline", "model", "model"]
     assert host_of(peft_model).peft_models() == {".": peft_model}
     with pytest.raises(UnsupportedModelError, match="not a supported base model"):

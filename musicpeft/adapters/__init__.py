@@ -1,7 +1,7 @@
 """Attaching, saving and loading adapters on any host: a transformers model or a diffusers pipeline.
 
 * `hosts.py`: one host per kind of adapted object (`ModelHost`, `PipelineHost`, `host_of`);
-  `base.py`: what they share (`is_pipeline`, `unwrap_model`, `peft_model_of`, `PipelineModules`,
+  `base.py`: what they share (`is_pipeline`, `unwrap_peft`, `peft_model_of`, `PipelineModules`,
   which tokenizer feeds which text encoder);
 * `lifecycle.py`: the one attach path, the one save path and the one load path (`musicpeft.add_adapter`,
   `save_adapter`, `load_adapter` are these);
@@ -23,7 +23,7 @@ from .base import (
     peft_model_of,
     pipeline_modules,
     pipeline_peft_models,
-    unwrap_model,
+    unwrap_peft,
 )
 from .files import AdapterFileError, allow_pickle_adapters
 from .hosts import ModelHost, PipelineHost, host_of
@@ -43,5 +43,5 @@ __all__ = [
     "peft_model_of",
     "pipeline_modules",
     "pipeline_peft_models",
-    "unwrap_model",
+    "unwrap_peft",
 ]

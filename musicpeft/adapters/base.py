@@ -19,6 +19,7 @@ from peft import PeftModel
 from torch import nn
 
 from ..families import ModelFamily, family_of
+from ..families.base import unwrap_peft
 
 # The name of the target that covers the whole adapted object: the model itself, or the pipeline's
 # `PipelineModules`. Its adapter is saved at the root of an adapter folder.
@@ -64,15 +65,6 @@ def remember_peft_model(model: Any, peft_model: PeftModel) -> None:
 def forget_peft_model(model: Any) -> None:
     """Drop the PeftModel kept on `model` (after its adapters were unloaded)."""
     model.__dict__.pop(_PEFT_MODEL, None)
-
-
-def unwrap_model(obj: Any) -> Any:
-    """The base model under a PeftModel, a tuner, or a model that musicpeft adapted in place."""
-    peft_model = obj if isinstance(obj, PeftModel) else getattr(obj, _PEFT_MODEL, None)
-    inner = peft_model if peft_model is not None else obj
-    while hasattr(inner, "get_base_model") and inner is not inner.get_base_model():
-        inner = inner.get_base_model()
-    return inner
 
 
 def pipeline_peft_models(pipe: Any) -> dict[str, PeftModel]:
@@ -132,7 +124,7 @@ def pipeline_modules(pipe: Any) -> PipelineModules:
 def slot_tokenizers(model: Any, processor: Any) -> dict[str, Any]:
     """Slot name -> the processor's (or tokenizer's) tokenizer for each text encoder of a model's family."""
     tokenizers = {}
-    for slot in family_of(unwrap_model(model)).text_encoders:
+    for slot in family_of(unwrap_peft(model)).text_encoders:
         tokenizer = getattr(processor, slot.tokenizer, None) if slot.tokenizer else None
         tokenizer = tokenizer if tokenizer is not None else processor
         if not hasattr(tokenizer, "convert_tokens_to_ids"):
@@ -143,7 +135,7 @@ def slot_tokenizers(model: Any, processor: Any) -> dict[str, Any]:
 
 def bind_tokenizers(model: Any, tokenizers: dict[str, Any]) -> None:
     """Tie tokenizers (slot name -> tokenizer) to the base of a model; pipelines carry their own."""
-    object.__setattr__(unwrap_model(model), _TOKENIZERS, dict(tokenizers))
+    object.__setattr__(unwrap_peft(model), _TOKENIZERS, dict(tokenizers))
 
 
 def bound_tokenizers(root: Any) -> dict[str, Any]:
@@ -153,7 +145,7 @@ def bound_tokenizers(root: Any) -> dict[str, Any]:
         return {s.name: getattr(root.pipe, s.tokenizer) for s in family.text_encoders if s.tokenizer}
     if is_pipeline(root):
         return bound_tokenizers(pipeline_modules(root))
-    return dict(getattr(unwrap_model(root), _TOKENIZERS, {}))
+    return dict(getattr(unwrap_peft(root), _TOKENIZERS, {}))
 
 
 # -- a component adapted on its own ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..families.base import unwrap_peft
 from .encoding_cache import EncodingCache, audio_key, cached_encode, module_fingerprint
 
 IGNORE_INDEX = -100
@@ -36,10 +37,7 @@ IGNORE_INDEX = -100
 
 def base_musicgen(model: Any) -> Any:
     """The ``MusicgenForConditionalGeneration`` inside a peft wrapper (or the model itself)."""
-    seen = 0
-    while hasattr(model, "get_base_model") and model.get_base_model() is not model and seen < 4:
-        model = model.get_base_model()
-        seen += 1
+    model = unwrap_peft(model)
     for attr in ("audio_encoder", "decoder", "config"):
         if not hasattr(model, attr):
             raise TypeError(

@@ -25,7 +25,7 @@ from ...adapters.base import (
     peft_model_of,
     pipeline_peft_models,
     slot_tokenizers,
-    unwrap_model,
+    unwrap_peft,
 )
 from ...adapters.files import CONFIG_NAME
 from .model import ConceptIdentifierModel
@@ -57,7 +57,7 @@ def concept_tuners(model_or_pipe: Any) -> list[nn.Module]:
     if is_pipeline(model_or_pipe):
         roots = [pipeline_peft_model(model_or_pipe)]
     else:
-        roots = [model_or_pipe, peft_model_of(unwrap_model(model_or_pipe))]
+        roots = [model_or_pipe, peft_model_of(unwrap_peft(model_or_pipe))]
     tuners = []
     for root in roots:
         tuner = getattr(root, "base_model", root)

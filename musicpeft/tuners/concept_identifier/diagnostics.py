@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ...adapters.base import bound_tokenizers, is_pipeline, unwrap_model
+from ...adapters.base import bound_tokenizers, is_pipeline, unwrap_peft
 from ...families import family_of, get_submodule
 from .config import placeholder
 from .weights import execution_device
@@ -23,7 +23,7 @@ def _encoder_and_tokenizer(model_or_pipe: Any, text_encoder: str | None, process
     if is_pipeline(model_or_pipe):
         slot = family_of(model_or_pipe).text_encoder(text_encoder)
         return get_submodule(model_or_pipe, slot.module), getattr(model_or_pipe, slot.tokenizer)
-    base = unwrap_model(model_or_pipe)
+    base = unwrap_peft(model_or_pipe)
     slot = family_of(base).text_encoder(text_encoder)
     tokenizer = getattr(processor, "tokenizer", processor) if processor is not None else None
     tokenizer = tokenizer or bound_tokenizers(base).get(slot.name)
