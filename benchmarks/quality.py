@@ -153,6 +153,7 @@ def run_part_a(world, args, log) -> dict:
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                    **scorer.score(clips, prompts), "seconds": time.perf_counter() - start}
             results.setdefault(method, []).append(row)
+            args.on_row("A", results)
             log(f"A seed {seed} {method:>15}: CE {row['cross_entropy']:.3f}  KLD {row['kld']:.3f}  "
                 f"CLAP {row['clap_score']:.3f}  koto {row['classifier_rate']:.2f}  ({row['seconds']:.0f} s)")
     return results
@@ -205,6 +206,7 @@ def run_part_b(world, args, log) -> dict:
         base = {"seed": seed, "trainable": 0, **score(world.model, world.processor, seed, plain=True),
                 "seconds": time.perf_counter() - start}
         results.setdefault("base (instrument words)", []).append(base)
+        args.on_row("B", results)
         for recipe in RECIPES_B:
             start = time.perf_counter()
             model, processor = world.fresh_model(), copy.deepcopy(world.processor)
@@ -220,6 +222,7 @@ def run_part_b(world, args, log) -> dict:
                    "last_loss": result.losses[-1] if result.losses else None,
                    **score(result.model, processor, seed, plain=False), "seconds": time.perf_counter() - start}
             results.setdefault(recipe.label, []).append(row)
+            args.on_row("B", results)
             log(f"B seed {seed} {recipe.label:>24}: TA {row['text_alignment']:.3f}  AA {row['audio_alignment']:.3f}  "
                 f"rate {row['classifier_rate']:.2f}  ΔAA {row['delta_audio_alignment']:.3f}  ({row['seconds']:.0f} s)")
     return results
@@ -293,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     from musicpeft.evaluation.micro_world import load_micro_world
+    from musicpeft.io import atomic_write_json, atomic_write_text
 
     started = time.perf_counter()
 
@@ -301,6 +305,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     world = load_micro_world()
     results: dict = {}
+
+    def on_row(part: str, rows: dict) -> None:
+        """Keep every finished row on disk (``<json>.partial``), so a run cut short still leaves its seeds."""
+        if args.json:
+            atomic_write_json(args.json + ".partial", {"preset": args.preset, "results": {**results, part: rows}})
+
+    args.on_row = on_row
     if "A" in args.parts:
         results["A"] = run_part_a(world, args, log)
     if "B" in args.parts:
@@ -322,17 +333,13 @@ def main(argv: list[str] | None = None) -> dict:
     text = "\n".join(lines)
     print("\n" + text)
     if args.markdown:
-        with open(args.markdown + ".tmp", "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.replace(args.markdown + ".tmp", args.markdown)
+        atomic_write_text(args.markdown, text + "\n")
     report = {"preset": p, "quick": args.quick, "seconds": seconds, "results": results,
               "claims": [{"claim": c, "measured": v, "verdict": ok} for c, v, ok in checks],
               "learning_rates": {k: getattr(args, k) for k in ("lr_soft_prompt", "lr_lora", "lr_full", "lr_weights",
                                                                "lr_tokens")}}
     if args.json:
-        with open(args.json + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2, default=float)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_text(args.json, json.dumps(report, indent=2, default=float))
     return report
 
 

@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from musicpeft.io import atomic_write_text  # noqa: E402
 from musicpeft.tiny.recipes import data as world_data  # noqa: E402
 from musicpeft.tiny.world import ALL_INSTRUMENTS, BASE_INSTRUMENTS, CONCEPT_INSTRUMENTS  # noqa: E402
 
@@ -41,12 +42,10 @@ def log(msg: str) -> None:
 
 
 def write_metrics(out: Path, model: str, metrics: dict) -> None:
-    from musicpeft.data.render import _atomic_write
-
     path = out / model / "metrics.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update(metrics)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(old, indent=2, sort_keys=True)))
+    atomic_write_text(path, json.dumps(old, indent=2, sort_keys=True))
 
 
 def stage_data(args) -> None:
@@ -304,7 +303,6 @@ def _gate_sentence(metrics: dict) -> str:
 
 
 def stage_cards(args) -> None:
-    from musicpeft.data.render import _atomic_write
     from musicpeft.tiny.world import split_pieces
 
     split = split_pieces()
@@ -327,7 +325,7 @@ def stage_cards(args) -> None:
                 f"```json\n{json.dumps(metrics, indent=2, sort_keys=True)}\n```\n\n"
                 "Rebuild: see `docs/tiny_models.md`. These are toy models for testing PEFT methods offline, "
                 "not music generators of any quality.\n")
-        _atomic_write(args.out / model / "README.md", lambda tmp, text=text: Path(tmp).write_text(text))
+        atomic_write_text(args.out / model / "README.md", text)
         log(f"cards: {model}")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .clap import make_roberta_tokenizer as _clap_roberta_tokenizer
 from .tokenizers import make_t5_tokenizer
 
 # Widths chosen all different so that a mis-wired tensor fails loudly instead of broadcasting.
@@ -40,9 +41,7 @@ LANGUAGE_MODEL_CLASSES = ("GPT2LMHeadModel", "GPT2Model")
 
 def make_roberta_tokenizer(model_max_length: int = CLAP_MAX_LENGTH):
     """The in-memory Roberta tokenizer of the tiny CLAP (`musicpeft.tiny.clap`), at this pipeline's length."""
-    from .clap import make_roberta_tokenizer as make
-
-    return make(model_max_length=model_max_length)
+    return _clap_roberta_tokenizer(model_max_length=model_max_length)
 
 
 def _clap(vocab_size: int):

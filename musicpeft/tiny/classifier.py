@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write, atomic_write_text
+
 FEATURE_RATE = 16000
 N_FFT = 1024
 HOP = 256
@@ -98,14 +100,12 @@ class InstrumentClassifier:
         """Write ``model.safetensors`` + ``config.json`` into ``folder`` (each atomically)."""
         from safetensors.numpy import save_file
 
-        from ..data.render import _atomic_write
-
         folder = Path(folder)
         tensors = {"mean": self.mean, "scale": self.scale, "weight": self.weight, "bias": self.bias}
-        _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+        atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
         config = {"labels": self.labels, "feature_rate": FEATURE_RATE, "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS,
                   "n_mfcc": N_MFCC, "feature_dim": feature_dim()}
-        _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> InstrumentClassifier:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.render import render_clips
 from .tokenizers import make_t5_tokenizer
 
 
@@ -93,10 +94,10 @@ def tiny_musicgen_with_music(seed: int = 0):
     A config-built EnCodec has all-zero codebooks, so every frame encodes to code 0; seeded from real
     audio (EnCodec's own k-means idea), codes follow the music and token losses mean something.
     """
-    from ..data.render import render_clips
-    from ..training.collator import init_codebooks_from_audio
-
     model = tiny_musicgen(seed)
     rate = model.config.audio_encoder.sampling_rate
+    # lazy: training imports families, and the families import these tiny builders for their tiny sources
+    from ..training.collator import init_codebooks_from_audio
+
     init_codebooks_from_audio(model, render_clips(4, 1.0, sample_rate=rate, program=0), seed=0)
     return model

@@ -13,25 +13,24 @@ Audio side: 64 log-mel bins at 16 kHz, 4 s windows (251 frames, reshaped by CLAP
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+from transformers.audio_utils import window_function
 
+from ..clap import roberta_vocab_and_merges
 from ..tokenizers import WORLD_WORDS
+from ..world import caption_for
+from .loop import Schedule, train_for_budget
 
 SAMPLING_RATE = 16000
 FIELD_DROP = 0.3
 
 
 def clap_config():
-    from transformers import ClapConfig
-
-    from ..clap import roberta_vocab_and_merges
-
     vocab_size = len(roberta_vocab_and_merges(WORLD_WORDS)[0])
     text = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=128, max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2)
@@ -42,10 +41,6 @@ def clap_config():
 
 def clap_processor():
     """ClapProcessor: RoBERTa BPE over the world's words + a 64-bin, 4 s, 16 kHz feature extractor."""
-    from transformers import ClapFeatureExtractor, ClapProcessor, RobertaTokenizer
-
-    from ..clap import roberta_vocab_and_merges
-
     vocab, merges = roberta_vocab_and_merges(WORLD_WORDS)
     tok = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=62)
     fe = ClapFeatureExtractor(feature_size=64, sampling_rate=SAMPLING_RATE, hop_length=256, max_length_s=4,
@@ -61,8 +56,6 @@ def mel_features(processor, audio: np.ndarray, batch: int = 256) -> np.ndarray:
     on the first clips, max |diff| < 1e-3 dB) but ~100x faster, which decides whether the judge can
     see thousands of clips on 2 CPU cores.
     """
-    from transformers.audio_utils import window_function
-
     fe = processor.feature_extractor
     if audio.shape[1] != fe.nb_max_samples:
         raise ValueError(f"mel_features: clips must have {fe.nb_max_samples} samples, got {audio.shape[1]}")
@@ -85,8 +78,6 @@ def mel_features(processor, audio: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 def drop_fields(meta: dict, instrument: str, rng: np.random.Generator) -> str:
-    from ..world import caption_for
-
     kept = {k: meta[k] for k in ("tempo", "era", "mode") if rng.random() >= FIELD_DROP}
     return caption_for(instrument, **kept)
 
@@ -103,49 +94,22 @@ def clap_loss(model, feats: torch.Tensor, input_ids, attention_mask, texts: list
 def train_clap(work, feats: np.ndarray, metas: list[dict], names: list[str], minutes: float, batch: int = 48,
                lr: float = 5e-4, seed: int = 0, log=print, checkpoint_every_s: float = 120.0):
     """Train (or resume from ``work/clap_ckpt.safetensors``) for ``minutes`` of wall time in all."""
-    from transformers import ClapModel
-
-    from .checkpoint import load_checkpoint, save_checkpoint
-
-    work = Path(work)
-    ckpt = work / "clap_ckpt.safetensors"
     torch.manual_seed(seed)
     model = ClapModel(clap_config())
     tok = clap_processor().tokenizer
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
-    info = load_checkpoint(ckpt, model, opt) or {"step": 0, "elapsed_s": 0.0}
-    rng = np.random.default_rng(seed + info["step"])
-    budget = minutes * 60.0
-    start, last_save = time.time() - info["elapsed_s"], time.time()
-    first_step = info["step"]
-    running = None
-    while time.time() - start < budget:
-        model.train()
-        frac = (time.time() - start) / budget
-        warm = min(1.0, (info["step"] + 1) / 30)
-        for group in opt.param_groups:
-            group["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def step(rng: np.random.Generator):
         rows = rng.integers(0, len(feats), batch)
         texts = [drop_fields(metas[r], names[r], rng) for r in rows]
         t = tok(texts, padding=True, return_tensors="pt")
         x = torch.from_numpy(feats[rows].astype(np.float32))
         loss = clap_loss(model, x, t["input_ids"], t["attention_mask"], texts)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        info["step"] += 1
-        running = float(loss.detach()) if running is None else 0.95 * running + 0.05 * float(loss.detach())
-        if info["step"] % 25 == 0:
-            log(f"clap step {info['step']} {time.time() - start:.0f}s loss={running:.3f}")
-        if time.time() - last_save > checkpoint_every_s:
-            info["elapsed_s"] = time.time() - start
-            save_checkpoint(ckpt, model, opt, info)
-            last_save = time.time()
-    if info["step"] > first_step:  # budget already spent: export only, leave the checkpoint alone
-        info["elapsed_s"] = time.time() - start
-        info["train_loss"] = running
-        save_checkpoint(ckpt, model, opt, info)
+        return loss, {"loss": loss}
+
+    info = train_for_budget(Path(work) / "clap_ckpt.safetensors", model, opt, step, minutes,
+                            Schedule(lr, floor=0.05, warmup_steps=30), seed=seed, max_grad_norm=1.0, tag="clap",
+                            log=log, checkpoint_every_s=checkpoint_every_s)
     return model.eval(), info
 
 
@@ -156,8 +120,6 @@ def retrieval(model, processor, feats: np.ndarray, names: list[str], instruments
     ``audio_to_text``: fraction of each instrument's clips whose nearest prompt is its own;
     ``text_to_audio_p_at_k``: fraction of the k clips nearest to each prompt that are that instrument.
     """
-    from ..world import caption_for
-
     model.eval()
     prompts = [caption_for(i) for i in instruments]
     t = processor.tokenizer(prompts, padding=True, return_tensors="pt")

@@ -16,10 +16,15 @@ layer starts as a unit-norm filter bank and the untrained codec neither explodes
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import EncodecConfig, EncodecModel
+
+from .loop import Schedule, load_checkpoint, train_for_budget
 
 SAMPLING_RATE = 16000
 NUM_CODEBOOKS = 4
@@ -28,8 +33,6 @@ CODEBOOK_SIZE = 512
 
 def codec_config(num_filters: int = 8, hidden_size: int = 64, codebook_size: int = CODEBOOK_SIZE):
     """EncodecConfig of the tiny codec: hop 320 (50 frames/s), 4 codebooks of ``codebook_size``."""
-    from transformers import EncodecConfig
-
     bits = math.ceil(math.log2(codebook_size))
     bandwidth = NUM_CODEBOOKS * 50 * bits / 1000  # kbps that gives exactly 4 codebooks
     cfg = EncodecConfig(
@@ -47,8 +50,6 @@ def codec_config(num_filters: int = 8, hidden_size: int = 64, codebook_size: int
 
 def new_codec(seed: int = 0, **kwargs):
     """A fresh tiny EncodecModel with zero conv biases and unit weight-norm gains."""
-    from transformers import EncodecModel
-
     torch.manual_seed(seed)
     model = EncodecModel(codec_config(**kwargs))
     with torch.no_grad():
@@ -72,7 +73,11 @@ class EmaRvq:
         self.decay = decay
         self.dead_threshold = dead_threshold
         self.generator = torch.Generator().manual_seed(seed)
-        self.ready = bool(self.books[0].cluster_size.sum() > 0)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the codebooks hold data (read from the buffers, so a checkpoint loaded later counts)."""
+        return bool(self.books[0].cluster_size.sum() > 0)
 
     def _pick(self, frames: torch.Tensor, k: int) -> torch.Tensor:
         idx = torch.randint(0, frames.shape[0], (k,), generator=self.generator)
@@ -87,7 +92,6 @@ class EmaRvq:
             book.cluster_size.fill_(1.0)
             book.inited.fill_(1.0)
             residual = residual - book.embed[book.quantize(residual)]
-        self.ready = True
 
     @torch.no_grad()
     def _update(self, book, residual: torch.Tensor, idx: torch.Tensor) -> None:
@@ -134,8 +138,6 @@ class SpectralLoss(torch.nn.Module):
 
     def __init__(self, ffts=(256, 512, 1024, 2048), n_mels: int = 64):
         super().__init__()
-        import librosa
-
         self.ffts = tuple(ffts)
         for n in self.ffts:
             self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
@@ -214,53 +216,21 @@ def train_codec(work, clips: np.ndarray, minutes: float, batch: int = 4, crop: i
     schedule. Phase 2 (``work/codec_phase2_ckpt.safetensors``) starts from phase 1's weights with
     a fresh optimiser and :data:`PHASE2_WEIGHTS`. Returns the model (eval mode) with its codebooks.
     """
-    import time
-    from pathlib import Path
-
-    from .checkpoint import load_checkpoint, save_checkpoint
-
     work = Path(work)
     ckpt = work / ("codec_ckpt.safetensors" if phase == 1 else "codec_phase2_ckpt.safetensors")
     weights = PHASE1_WEIGHTS if phase == 1 else PHASE2_WEIGHTS
     model = new_codec(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
-    info = load_checkpoint(ckpt, model, opt)
-    if info is None and phase == 2:
+    if phase == 2 and not (ckpt.is_file() and ckpt.with_suffix(".json").is_file()):
         if load_checkpoint(work / "codec_ckpt.safetensors", model, opt) is None:
             raise FileNotFoundError(f"{work / 'codec_ckpt.safetensors'}: codec phase 2 needs phase 1's checkpoint")
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
-    info = info or {"step": 0, "elapsed_s": 0.0}
     rvq = EmaRvq(model, seed=seed)
     losses = SpectralLoss()
-    rng = np.random.default_rng(seed + info["step"])
-    budget = minutes * 60.0
-    start, last_save = time.time() - info["elapsed_s"], time.time()
-    first_step = info["step"]
-    model.train()
-    running: dict[str, float] = {}
-    while time.time() - start < budget:
-        frac = (time.time() - start) / budget
-        for group in opt.param_groups:
-            group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        audio = random_crops(clips, batch, crop, rng)
-        total, parts = codec_step(model, rvq, losses, audio, weights=weights)
-        opt.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        info["step"] += 1
-        for k, v in parts.items():
-            v = float(v.detach())
-            running[k] = 0.95 * running.get(k, v) + 0.05 * v
-        if info["step"] % 25 == 0:
-            parts_text = " ".join(f"{k}={v:.3f}" for k, v in running.items())
-            log(f"codec phase {phase} step {info['step']} {time.time() - start:.0f}s {parts_text}")
-        if time.time() - last_save > checkpoint_every_s:
-            info["elapsed_s"] = time.time() - start
-            save_checkpoint(ckpt, model, opt, info)
-            last_save = time.time()
-    if info["step"] > first_step:  # budget already spent: export only, leave the checkpoint alone
-        info["elapsed_s"] = time.time() - start
-        info["losses"] = running
-        save_checkpoint(ckpt, model, opt, info)
+
+    def step(rng: np.random.Generator):
+        return codec_step(model, rvq, losses, random_crops(clips, batch, crop, rng), weights=weights)
+
+    info = train_for_budget(ckpt, model, opt, step, minutes, Schedule(lr, floor=0.1), seed=seed, max_grad_norm=5.0,
+                            tag=f"codec phase {phase}", log=log, checkpoint_every_s=checkpoint_every_s)
     return model.eval(), info

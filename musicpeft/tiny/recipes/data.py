@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...io import atomic_write, atomic_write_text
 from ..world import ALL_INSTRUMENTS, SPLITS, world_clips
 
 CLIP_SECONDS = 4.0
@@ -25,8 +26,6 @@ def _stem(folder: Path, instrument: str, split: str) -> Path:
 
 def build_world_arrays(folder: str | Path, log=print) -> None:
     """Render (or reuse) every instrument/split array under ``folder``."""
-    from ...data.render import _atomic_write
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for instrument in ALL_INSTRUMENTS:
@@ -43,8 +42,8 @@ def build_world_arrays(folder: str | Path, log=print) -> None:
                 with open(tmp, "wb") as f:
                     np.save(f, audio, allow_pickle=False)
 
-            _atomic_write(stem.with_suffix(".npy"), save)
-            _atomic_write(stem.with_suffix(".json"), lambda tmp, meta=meta: Path(tmp).write_text(json.dumps(meta)))
+            atomic_write(stem.with_suffix(".npy"), save)
+            atomic_write_text(stem.with_suffix(".json"), json.dumps(meta))
             log(f"data: {instrument} {split}: {len(clips)} clips in {time.time() - t:.1f}s")
 
 

@@ -13,22 +13,28 @@ is a real (untrained) token a soft prompt or concept token can be measured again
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import (
+    EncodecFeatureExtractor,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    MusicgenProcessor,
+    T5Config,
+)
+
+from ...training.collator import delayed_labels
+from ..tokenizers import make_world_t5_tokenizer
+from .loop import Schedule, train_for_budget
 
 CAPTION_DROPOUT = 0.1
 
 
 def musicgen_config(codec_cfg, text_width: int = 64, width: int = 128, layers: int = 4):
     """MusicgenConfig: tiny T5 (world vocabulary) + decoder over ``codec_cfg``'s codebooks."""
-    from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
-
-    from ..tokenizers import make_world_t5_tokenizer
-
     vocab = len(make_world_t5_tokenizer())
     text = T5Config(vocab_size=vocab, d_model=text_width, d_kv=16, d_ff=2 * text_width, num_layers=2, num_heads=4,
                     decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
@@ -47,8 +53,6 @@ def musicgen_config(codec_cfg, text_width: int = 64, width: int = 128, layers: i
 
 def new_musicgen(codec, seed: int = 0, **kwargs):
     """A MusicgenForConditionalGeneration with random text encoder/decoder and ``codec``'s weights."""
-    from transformers import MusicgenForConditionalGeneration
-
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(musicgen_config(codec.config, **kwargs))
     model.audio_encoder.load_state_dict(codec.state_dict())
@@ -62,10 +66,6 @@ def new_musicgen(codec, seed: int = 0, **kwargs):
 
 
 def musicgen_processor():
-    from transformers import EncodecFeatureExtractor, MusicgenProcessor
-
-    from ..tokenizers import make_world_t5_tokenizer
-
     fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0)
     return MusicgenProcessor(feature_extractor=fe, tokenizer=make_world_t5_tokenizer())
 
@@ -84,8 +84,6 @@ def encode_clips(codec, audio: np.ndarray, batch: int = 16) -> np.ndarray:
 def make_batch(model, tokenizer, codes: np.ndarray, texts: list[str], frames: int | None,
                rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
     """Tokenised texts + delayed labels of ``codes`` ``[B, K, T]`` (a random ``frames`` window when given)."""
-    from ...training.collator import delayed_labels
-
     labels = []
     for c in codes:
         if frames is not None and rng is not None and c.shape[1] > frames:
@@ -111,48 +109,22 @@ def token_ce(model, tokenizer, codes: np.ndarray, texts: list[str], batch: int =
 def train_musicgen(work, codec, codes: np.ndarray, texts: list[str], minutes: float, batch: int = 16,
                    frames: int = 100, lr: float = 1e-3, seed: int = 0, log=print, checkpoint_every_s: float = 120.0):
     """Train (or resume from ``work/musicgen_ckpt.safetensors``) for ``minutes`` of wall time in all."""
-    from .checkpoint import load_checkpoint, save_checkpoint
-
-    work = Path(work)
-    ckpt = work / "musicgen_ckpt.safetensors"
     model = new_musicgen(codec, seed)
     tokenizer = musicgen_processor().tokenizer
     trainable = [p for n, p in model.named_parameters() if not n.startswith("audio_encoder.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("audio_encoder."))
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    info = load_checkpoint(ckpt, model, opt) or {"step": 0, "elapsed_s": 0.0}
-    rng = np.random.default_rng(seed + info["step"])
-    budget = minutes * 60.0
-    start, last_save = time.time() - info["elapsed_s"], time.time()
-    first_step = info["step"]
-    running = None
-    while time.time() - start < budget:
-        model.train()
-        frac = (time.time() - start) / budget
-        warm = min(1.0, (info["step"] + 1) / 50)
-        for group in opt.param_groups:
-            group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def step(rng: np.random.Generator):
         rows = rng.integers(0, len(codes), batch)
         batch_texts = ["" if rng.random() < CAPTION_DROPOUT else texts[r] for r in rows]
-        b = make_batch(model, tokenizer, codes[rows], batch_texts, frames, rng)
-        loss = model(**b).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        info["step"] += 1
-        running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
-        if info["step"] % 25 == 0:
-            log(f"musicgen step {info['step']} {time.time() - start:.0f}s loss={running:.3f}")
-        if time.time() - last_save > checkpoint_every_s:
-            info["elapsed_s"] = time.time() - start
-            save_checkpoint(ckpt, model, opt, info)
-            last_save = time.time()
-    if info["step"] > first_step:  # budget already spent: export only, leave the checkpoint alone
-        info["elapsed_s"] = time.time() - start
-        info["train_loss"] = running
-        save_checkpoint(ckpt, model, opt, info)
+        loss = model(**make_batch(model, tokenizer, codes[rows], batch_texts, frames, rng)).loss
+        return loss, {"loss": loss}
+
+    info = train_for_budget(Path(work) / "musicgen_ckpt.safetensors", model, opt, step, minutes,
+                            Schedule(lr, floor=0.1, warmup_steps=50), seed=seed, max_grad_norm=1.0,
+                            clip_params=trainable, tag="musicgen", log=log, checkpoint_every_s=checkpoint_every_s)
     for p in model.parameters():
         p.requires_grad_(True)
     return model.eval(), info
