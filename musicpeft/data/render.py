@@ -47,9 +47,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "musicpeft" / "render"
 
 
-# The old private name: musicpeft/tiny (classifier.py, recipes/data.py, recipes/checkpoint.py) still imports it.
-_atomic_write = atomic_write
-
 
 def stock_soundfont_path() -> str:
     """Path of the General MIDI soundfont ``TimGM6mb.sf2`` that ships inside pretty_midi."""
