@@ -1,5 +1,9 @@
-"""`musicpeft train` on two CPU processes (torchrun, gloo) trains exactly what one process does with the
-same global batch: the Trainer averages the gradients over processes."""
+"""`musicpeft train` on two CPU processes (gloo), started by torchrun or by `accelerate launch`, trains exactly
+what one process does with the same global batch: the Trainer averages the gradients over processes.
+
+`accelerate launch --cpu --num_processes 2` starts ONE process (accelerate runs several CPU processes only
+through mpirun); `accelerate launch --multi_gpu --num_processes 2` goes through torch.distributed and, on a
+machine without CUDA, trains on two gloo CPU processes: that is the launch tested here."""
 
 import importlib.util
 import json
@@ -26,7 +30,17 @@ def _script():
     return module
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch, launcher):
+    if launcher == "accelerate" and torch.cuda.is_available():
+        pytest.skip("with CUDA, --multi_gpu trains on GPUs (nccl), not on two gloo CPU processes")
     import musicpeft.training.runner as train_cli
 
     monkeypatch.setattr(train_cli, "load_base", _script().load_without_dropout)
@@ -36,8 +50,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-         *COMMON, "--batch-size", "1", "--output-dir", str(tmp_path / "two")],
+        [*LAUNCHERS[launcher], str(SCRIPT), *COMMON, "--batch-size", "1", "--output-dir", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
