@@ -48,3 +48,23 @@ def test_no_family_name_compared_outside_families():
 
 def test_hub_test_server_is_not_in_the_package():
     assert not (ROOT / "musicpeft" / "testing").exists()
+
+
+def test_the_command_line_imports_without_the_optional_extras():
+    """`pip install musicpeft` (no extras) must give a working `musicpeft` command: optional libraries
+    (the eval, app and app-test extras) may only be imported when a feature needs them."""
+    import subprocess
+    import sys
+
+    blocked = ["evaluate", "scipy", "gradio", "playwright", "laion_clap", "mkdocs"]
+    code = (
+        "import sys\n"
+        # None in sys.modules: `import x` raises ImportError and importlib.util.find_spec('x') says absent.
+        f"sys.modules.update(dict.fromkeys({blocked!r}))\n"
+        "import musicpeft, musicpeft.cli\n"
+        "parser = musicpeft.cli.build_parser()\n"
+        "print(sorted(parser._subparsers._group_actions[0].choices))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'app', 'demo', 'evaluate', 'push', 'train'" in result.stdout
