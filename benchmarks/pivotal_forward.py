@@ -8,9 +8,18 @@ decoder layers of width 1024), each with 5% of its entries selected at random (`
 - new: `PivotalLinear.forward` (`x @ W^T + x @ ΔW_sparse^T`: CSR product for few rows, a fused op that
   keeps no W' for more).
 
-A third variant, base, runs the frozen linear layers alone (the floor). Cases: decoding (x of 2x1 rows,
+A third variant, base, runs the frozen linear layers alone (the floor). For inference (no autograd) two
+more variants are compared:
+
+- cached: `PivotalLinear.forward` in eval mode: the adapted weight built once (bitwise what `merge` writes)
+  and reused while nothing changes; memory: one W per layer, held while in eval mode, dropped by `train()`;
+- index_add: `base(x)` plus the delta scattered onto the output (`out.index_add_(-1, rows, x[..., cols] * v)`),
+  the candidate that needs neither CSR structures nor a W-sized tensor.
+
+(Gathering the touched columns is not a variant: at 5% random selection nearly every column is touched,
+1 - 0.95^1024, so it is the dense product.) Cases: decoding (x of 2x1 rows, no grad), prefill (2x100 rows,
 no grad) and training (x of 2x500 rows, forward + backward, gradients to the selected values and to x).
-Times are medians over `--repeats` interleaved runs (base, old, new, base, ...).
+Times are medians over `--repeats` interleaved runs (base, old, new, ..., base, ...).
 Memory, per case and variant (both exact, from torch itself):
 - peak: the most bytes of tensors alive at once during one run (profiler memory events; the input and
   the weights, allocated before, are not counted);
@@ -32,7 +41,8 @@ import torch.nn.functional as F
 from musicpeft.io import atomic_write_json
 from musicpeft.tuners.pivotal_mask import PivotalLinear, random_percent
 
-CASES = {"decoding": ((2, 1), False), "training": ((2, 500), True)}
+CASES = {"decoding": ((2, 1), False), "prefill": ((2, 100), False), "training": ((2, 500), True)}
+INFERENCE_ONLY = ("cached", "index_add")
 
 
 def build(layers: int, width: int, percent: float) -> list:
@@ -57,14 +67,37 @@ def old_forward(layer, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, merged, layer.base_layer.bias)
 
 
+def index_add_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """`base(x)` plus `x[..., col] * v` scattered onto the output rows of the selected entries."""
+    plan = layer._plan("default")
+    rows = torch.div(plan.flat, layer.shape[1], rounding_mode="floor")
+    out = layer.base_layer(x)
+    return out.index_add_(-1, rows, x[..., plan.col] * layer.pivotal_values["default"])
+
+
 def base_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """The base layer alone (no adapter): the floor both variants are measured against."""
     return layer.base_layer(x)
 
 
+_EVAL_COPIES: dict[int, list] = {}
+
+
+def _eval_copy(stack: list) -> list:
+    """The same layers (same weights, values, selections) in eval mode, made once per stack."""
+    import copy
+
+    if id(stack) not in _EVAL_COPIES:
+        _EVAL_COPIES[id(stack)] = [copy.deepcopy(layer).eval() for layer in stack]
+    return _EVAL_COPIES[id(stack)]
+
+
 def run(stack: list, variant: str, case: str, x: torch.Tensor) -> None:
-    forward = {"old": old_forward, "base": base_forward}.get(variant, lambda layer, h: layer(h))
+    forward = {"old": old_forward, "base": base_forward, "index_add": index_add_forward}.get(
+        variant, lambda layer, h: layer(h))
     _, train = CASES[case]
+    if variant == "cached":  # its own copy of the stack, kept in eval mode: the cache lives across calls
+        stack = _eval_copy(stack)
     with torch.set_grad_enabled(train):
         h = x
         for layer in stack:
@@ -129,9 +162,10 @@ def main() -> None:
     header = f"{'case':<10} {'rows':>5} {'base ms':>8} {'old ms':>9} {'new ms':>9} {'old/base':>8} {'new/base':>8} " \
              f"{'old peak MB':>12} {'new peak MB':>12} {'old kept MB':>12} {'new kept MB':>12}"
     print(header)
+    inference = {}
     for case, (shape, train) in CASES.items():
         x = torch.randn(*shape, args.width, requires_grad=train)
-        times = {"base": [], "old": [], "new": []}
+        times = {"base": [], "old": [], "new": [], **({v: [] for v in INFERENCE_ONLY} if not train else {})}
         with torch.no_grad():  # the two must compute the same thing
             difference = float((torch.stack([old_forward(layer, x) for layer in stack]) -
                                 torch.stack([layer(x) for layer in stack])).abs().max())
@@ -146,6 +180,19 @@ def main() -> None:
         mem = {variant: {"peak_mb": peak_allocated(stack, variant, case, x) / 2**20,
                          "kept_mb": kept_for_backward(stack, variant, x) / 2**20 if train else 0.0}
                for variant in ("old", "new")}
+        if not train:
+            with torch.no_grad():
+                for variant in INFERENCE_ONLY:
+                    run(stack, variant, case, x)
+                    layers = _eval_copy(stack) if variant == "cached" else stack
+                    forward = (lambda layer, h: layer(h)) if variant == "cached" else index_add_forward
+                    pairs = zip(stack, layers, strict=True)
+                    outputs = [(old_forward(ref, x), forward(layer, x)) for ref, layer in pairs]
+                    inference.setdefault(case, {})[variant] = {
+                        "ms": statistics.median(times[variant]),
+                        "over_base": statistics.median(times[variant]) / base_ms,
+                        "max_abs_difference": max(float((a - b).abs().max()) for a, b in outputs),
+                    }
         results[case] = {"rows": shape[0] * shape[1], "base_ms": base_ms, "old_ms": old_ms, "new_ms": new_ms,
                          "old_over_base": old_ms / base_ms, "new_over_base": new_ms / base_ms,
                          "max_abs_difference": difference, "old": mem["old"], "new": mem["new"]}
@@ -153,6 +200,14 @@ def main() -> None:
               f"{old_ms / base_ms:>8.2f} {new_ms / base_ms:>8.2f} {mem['old']['peak_mb']:>12.2f} "
               f"{mem['new']['peak_mb']:>12.2f} {mem['old']['kept_mb']:>12.2f} {mem['new']['kept_mb']:>12.2f}")
     print("max |old - new| per layer output:", {c: f"{r['max_abs_difference']:.1e}" for c, r in results.items()})
+    held = sum(layer.base_layer.weight.numel() * layer.base_layer.weight.element_size() for layer in stack) / 2**20
+    for case, variants in inference.items():
+        print(f"{case} (no grad): " + "; ".join(
+            f"{v} {r['ms']:.2f} ms = {r['over_base']:.2f}x base (new {results[case]['new_over_base']:.2f}x), "
+            f"max |old - {v}| {r['max_abs_difference']:.1e}" for v, r in variants.items()))
+    print(f"cached: holds {held:.1f} MB (one W per layer) while in eval mode; train() drops it")
+    for case, variants in inference.items():
+        results[case]["inference_variants"] = variants
     if args.json:
         atomic_write_json(args.json, results)
 

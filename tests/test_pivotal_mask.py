@@ -583,6 +583,17 @@ def test_inference_forward_equals_the_merged_weight_and_follows_changes():
     assert layer._inference_weight is None
 
 
+def test_a_layer_that_ran_the_sparse_product_can_be_deep_copied():
+    layer, _ = _sparse_layer()
+    x = torch.randn(2, 1, 64)
+    with torch.no_grad():
+        before = layer(x)  # training mode, few rows: the CSR product, whose matrix is cached
+    assert layer._plans["default"]._csr_cache is not None
+    copied = copy.deepcopy(layer)
+    with torch.no_grad():
+        assert torch.equal(copied(x), before)
+
+
 def test_generation_of_an_unmerged_pivotal_adapter_equals_the_merged_model(run):
     peft_model, processor = run["peft_model"], run["processor"]
     inputs = processor(text=["a <koto> jig"], return_tensors="pt")

@@ -15,6 +15,8 @@ backward: ~2.2x the layer's cost per decoding step and one W_V per layer of extr
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
@@ -42,6 +44,14 @@ class SparsePlan:
     source: tuple[int, int, int] = field(default=(0, 0, 0))
     max_sparse_rows: int = MAX_SPARSE_ROWS
     _csr_cache: tuple | None = None
+
+    def __deepcopy__(self, memo: dict) -> SparsePlan:
+        """A copy without the cached CSR matrix: sparse CSR tensors cannot be deep-copied (a copied model,
+        e.g. `copy.deepcopy(peft_model)` after generating, rebuilds it on first use)."""
+        return dataclasses.replace(
+            self, flat=copy.deepcopy(self.flat, memo), crow=copy.deepcopy(self.crow, memo),
+            col=copy.deepcopy(self.col, memo), _csr_cache=None,
+        )
 
     @staticmethod
     def _key(indices: torch.Tensor) -> tuple[int, int, int]:
