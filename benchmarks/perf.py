@@ -430,6 +430,104 @@ def _quiet(fn) -> None:
             os.close(fd)
 
 
+# ---------------------------------------------------------------------------------------------- AudioLDM2
+
+AUDIOLDM2_METHODS = ("base", "soft_prompt", LORA_REFERENCE)
+AUDIOLDM2_STEPS = 4  # denoising steps per timed pipeline call (the tiny U-Net; the ratio is per call)
+
+
+def measure_audioldm2(name: str, repeats: int, seed: int) -> dict[str, Any]:
+    """In a forked child: the tiny AudioLDM2 pipeline with `name` attached, against an untouched copy.
+
+    Times (CPU seconds, paired and interleaved as for MusicGen): `encode_prompt` with guidance (the text
+    encoders, the projection and GPT2's 8 new states, conditional and negative), a whole pipeline call with
+    guidance 3 (`AUDIOLDM2_STEPS` denoising steps, 1 s of audio), and a training step (`diffusion_loss`,
+    backward, AdamW) for the adapted methods.
+    """
+    import torch
+
+    import musicpeft
+    from musicpeft.tiny.audioldm2 import tiny_audioldm2_pipeline
+    from musicpeft.training.diffusion import _noise_scheduler, diffusion_loss
+    from musicpeft.training.presets import lora_config
+
+    pipe = tiny_audioldm2_pipeline(seed=seed)
+    reference = copy.deepcopy(pipe)
+    if name == "soft_prompt":
+        musicpeft.add_adapter(pipe, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30))
+    elif name == LORA_REFERENCE:
+        musicpeft.add_adapter(pipe, lora_config(pipe, "attn", r=LORA_RANK))
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    cpu = torch.device("cpu")
+
+    def encode(p: Any) -> None:
+        with torch.no_grad():
+            p.encode_prompt([TEXT], cpu, 1, True)
+
+    def generate(p: Any) -> None:
+        with torch.no_grad():
+            p(
+                [TEXT],
+                audio_length_in_s=1.0,
+                guidance_scale=GUIDANCE,
+                num_inference_steps=AUDIOLDM2_STEPS,
+                generator=torch.Generator().manual_seed(seed),
+            )
+
+    out: dict[str, Any] = {"method": name}
+    for kind, fn in (("encode", encode), ("generate", generate)):
+        fn(pipe), fn(reference)  # warm-up
+        pairs = [(_timed(lambda f=fn: f(pipe)), _timed(lambda f=fn: f(reference))) for _ in range(repeats)]
+        out[f"{kind}_s"] = [a for a, _ in pairs]
+        out[f"{kind}_pair_ratios"] = [a / b for a, b in pairs]
+    # The base trains nothing (the tiny pipeline's modules are not frozen until an adapter is attached).
+    params = [
+        p
+        for module in pipe.components.values()
+        if isinstance(module, torch.nn.Module) and name != "base"
+        for p in module.parameters()
+        if p.requires_grad
+    ]
+    out["trainable"] = sum(p.numel() for p in params)
+    if params:
+        scheduler = _noise_scheduler(pipe)
+        rate = pipe.vocoder.config.sampling_rate
+        waveform = torch.randn(1, rate, generator=torch.Generator().manual_seed(seed)) * 0.1
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+        def step() -> None:
+            diffusion_loss(pipe, waveform, [TEXT], scheduler).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up
+        out["train_step_s"] = [_timed(step) for _ in range(repeats)]
+    return out
+
+
+def audioldm2_table(results: dict[str, dict[str, Any]]) -> str:
+    """Rows of the tiny-AudioLDM2 comparison: encode and generation ×base (median of paired ratios), train ×LoRA."""
+    lora = results.get(LORA_REFERENCE, {})
+    lines = [
+        "| method (tiny AudioLDM2) | trainable | encode_prompt ×base | pipeline call ×base | train step ×LoRA |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| `{name}` | failed: {r['error']} | | | |")
+            continue
+        enc, gen = (_median(r[f"{k}_pair_ratios"]) for k in ("encode", "generate"))
+        train = _ratio(_best(r.get("train_step_s", [])), _best(lora.get("train_step_s", [])))
+        lines.append(
+            f"| `{name}` | {r['trainable']:,} | {_cell(enc, _ms(_best(r['encode_s'])))} "
+            f"| {_cell(gen, _ms(_best(r['generate_s'])))} "
+            f"| {_cell(train, _ms(_best(r['train_step_s'])) if r.get('train_step_s') else None)} |"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 
@@ -723,6 +821,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, help="tokens per generation (default: the size's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-encoder-check", action="store_true", help="do not count second-epoch encodes")
+    parser.add_argument(
+        "--audioldm2",
+        action="store_true",
+        help="also compare base, soft prompt and LoRA on the tiny AudioLDM2 pipeline",
+    )
     parser.add_argument("--json", help="also write every measurement to this JSON file")
     args = parser.parse_args(argv)
     if not hasattr(os, "fork"):
@@ -746,9 +849,17 @@ def main(argv: list[str] | None = None) -> int:
     result = run(size, methods, args.seed, not args.skip_encoder_check, log=log, partial_json=args.json)
     result["skipped"] = {m: why for m, why in size.skip.items() if m not in methods}
     print(report(result))
+    if args.audioldm2:
+        result["audioldm2"] = {}
+        for name in AUDIOLDM2_METHODS:
+            result["audioldm2"][name] = in_child(measure_audioldm2, name, size.repeats, args.seed)
+            log(f"  audioldm2 {name}: done")
+        print()
+        print(audioldm2_table(result["audioldm2"]))
     if args.json:
         _write_json(args.json, result)
-    return 1 if any("error" in r for r in result["rows"].values()) else 0
+    failed = [*result["rows"].values(), *result.get("audioldm2", {}).values()]
+    return 1 if any("error" in r for r in failed) else 0
 
 
 if __name__ == "__main__":

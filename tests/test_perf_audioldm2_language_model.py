@@ -78,3 +78,24 @@ def test_soft_prompt_encode_prompt_with_the_cache_equals_it_without(monkeypatch,
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         else:
             assert torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want
+
+
+def test_perf_audioldm2_rows_measure_encode_generation_and_training():
+    """`benchmarks/perf.py --audioldm2`: one soft-prompt child gives finite paired ratios and a timed train step."""
+    import math
+    import sys
+    from pathlib import Path
+
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import perf
+    finally:
+        sys.path.remove(benchmarks)
+    result = perf.measure_audioldm2("soft_prompt", 1, 0)
+    width = tiny_audioldm2_pipeline(seed=0).text_encoder_2.get_input_embeddings().weight.shape[1]
+    assert result["trainable"] == 30 * width
+    for key in ("encode_pair_ratios", "generate_pair_ratios", "train_step_s"):
+        assert len(result[key]) == 1 and math.isfinite(result[key][0]) and result[key][0] > 0, key
+    table = perf.audioldm2_table({"soft_prompt": result, perf.LORA_REFERENCE: result})
+    assert "| `soft_prompt` | " in table and "1.00×" in table.splitlines()[-1]
