@@ -564,14 +564,21 @@ def test_inference_forward_equals_the_merged_weight_and_follows_changes():
     x = torch.randn(2, 1, 64)
     with torch.no_grad():
         first = layer(x)
-        cached = layer._inference_weight[1]
-        assert torch.equal(layer(x), first) and layer._inference_weight[1] is cached  # reused, not rebuilt
+        cached = layer._inference_weight.weight
+        assert torch.equal(layer(x), first) and layer._inference_weight.weight is cached  # reused, not rebuilt
         merged = copy.deepcopy(layer)
         merged.merge()
         assert torch.equal(first, F.linear(x, merged.base_layer.weight, merged.base_layer.bias))
         layer.pivotal_values["default"].mul_(2)  # an optimizer step or a load changes values in place
         torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
-        assert layer._inference_weight[1] is not cached
+        assert layer._inference_weight.weight is not cached
+        values = layer.pivotal_values["default"]
+        values.data = values.data * 3  # a new storage without an in-place version bump
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
+        layer.enable_adapters(False)
+        assert torch.equal(layer(x), layer.base_layer(x))  # disabled: the base alone, not the cached weight
+        layer.enable_adapters(True)
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
     layer.train()
     assert layer._inference_weight is None
     out = layer(torch.randn(2, 500, 64, requires_grad=True))  # training: the fused path, nothing cached
