@@ -507,6 +507,58 @@ def measure_audioldm2(name: str, repeats: int, seed: int) -> dict[str, Any]:
     return out
 
 
+# An AudioLDM2-shaped GPT2 prefix: CLAP (sos, 1, eos) + T5 (sos, 12 tokens, eos); a soft prompt adds 30.
+LM_PREFIX = {"base": 17, "soft_prompt": 47}
+
+
+def audioldm2_language_model(repeats: int, seed: int) -> dict[str, Any]:
+    """In a forked child: AudioLDM2's GPT2 shape (12 layers, 768 wide, random weights) making its 8 new states
+    over the base's and the soft prompt's prefix, with the pipeline's own loop (which, under transformers 5,
+    reruns GPT2 over the whole sequence for each state) and with the key/value cache musicpeft's prompted
+    `encode_prompt` uses. CPU seconds; also the largest difference between the two."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    from musicpeft.adapters.pipeline_hooks import _generate_with_cache
+
+    torch.manual_seed(seed)
+    lm = GPT2Model(GPT2Config(n_embd=768, n_layer=12, n_head=12)).eval().requires_grad_(False)
+
+    def uncached(x: Any, mask: Any, n: int = 8) -> Any:  # diffusers' generate_language_model, as it runs
+        for _ in range(n):
+            h = lm(inputs_embeds=x, attention_mask=mask, use_cache=False, output_hidden_states=True).hidden_states[-1]
+            x = torch.cat([x, h[:, -1:]], 1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        return x[:, -n:]
+
+    out: dict[str, Any] = {}
+    for name, length in LM_PREFIX.items():
+        x = torch.randn(1, length, 768, generator=torch.Generator().manual_seed(seed))
+        mask = torch.ones(1, length, dtype=torch.long)
+        variants = {
+            "uncached": lambda x=x, mask=mask: uncached(x, mask),
+            "cached": lambda x=x, mask=mask: _generate_with_cache(lm, x, 8, mask),
+        }
+        with torch.no_grad():
+            out[f"{name}_max_difference"] = float((variants["uncached"]() - variants["cached"]()).abs().max())
+            for key, fn in variants.items():
+                out[f"{name}_{key}_s"] = [_timed(fn) for _ in range(repeats)]
+    return out
+
+
+def language_model_line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"AudioLDM2-shaped GPT2: failed ({r['error']})"
+    cells = [
+        f"{name} prefix {length}: {_ms(_best(r[f'{name}_uncached_s']))} uncached, "
+        f"{_ms(_best(r[f'{name}_cached_s']))} with the cache (max difference {r[f'{name}_max_difference']:.1e})"
+        for name, length in LM_PREFIX.items()
+    ]
+    return "AudioLDM2-shaped GPT2 (12 layers, 768 wide), 8 new states, one pass, fastest of the repeats: " + "; ".join(
+        cells
+    )
+
+
 def audioldm2_table(results: dict[str, dict[str, Any]]) -> str:
     """Rows of the tiny-AudioLDM2 comparison: encode and generation ×base (median of paired ratios), train ×LoRA."""
     lora = results.get(LORA_REFERENCE, {})
@@ -854,11 +906,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in AUDIOLDM2_METHODS:
             result["audioldm2"][name] = in_child(measure_audioldm2, name, size.repeats, args.seed)
             log(f"  audioldm2 {name}: done")
+        result["audioldm2_language_model"] = in_child(audioldm2_language_model, size.repeats, args.seed)
         print()
         print(audioldm2_table(result["audioldm2"]))
+        print()
+        print(language_model_line(result["audioldm2_language_model"]))
     if args.json:
         _write_json(args.json, result)
     failed = [*result["rows"].values(), *result.get("audioldm2", {}).values()]
+    failed += [result["audioldm2_language_model"]] if "audioldm2_language_model" in result else []
     return 1 if any("error" in r for r in failed) else 0
 
 

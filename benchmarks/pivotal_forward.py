@@ -27,6 +27,12 @@ Memory, per case and variant (both exact, from torch itself):
 
     .venv/bin/python benchmarks/pivotal_forward.py                   # 4 layers, ~1 min on an idle core
     .venv/bin/python benchmarks/pivotal_forward.py --layers 24        # musicgen-small's decoder depth
+    .venv/bin/python benchmarks/pivotal_forward.py --generation       # whole generations, tiny MusicGen
+
+`--generation`: the tiny MusicGen with a random 5% pivotal stage 2 (unmerged) generates 24 tokens greedy and
+with guidance 3, against an untouched base copy, in interleaved rounds (CPU time): once with the cached
+adapted weight (eval mode, today's path) and once with the per-call sparse product (the pivotal layers
+alone switched to training mode, which is how the layer decided before); both must give the same tokens.
 """
 
 from __future__ import annotations
@@ -144,8 +150,61 @@ def peak_allocated(stack: list, variant: str, case: str, x: torch.Tensor) -> int
     return peak
 
 
+def generation_ab(rounds: int, tokens: int = 24) -> dict:
+    """Median ×base (and quartiles) of whole generations, cached adapted weight vs per-call sparse product."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from methods_footprint import adapt
+
+    from musicpeft.tiny import make_t5_tokenizer, tiny_musicgen
+
+    tokenizer = make_t5_tokenizer()
+    base = tiny_musicgen(seed=0).eval().requires_grad_(False)
+    reference = copy.deepcopy(base)
+    model = adapt("pivotal_random", base, tokenizer).eval()
+    layers = [m for m in model.modules() if isinstance(m, PivotalLinear)]
+    plain = tokenizer(["a slow koto melody with soft piano and bright strings"], return_tensors="pt")
+    concept = tokenizer(["a slow <koto> melody with soft piano and bright strings"], return_tensors="pt")
+
+    def generate(which: str, scale: float) -> torch.Tensor:
+        for layer in layers:  # training-mode pivotal layers take the per-call product, never the cache
+            layer.training = which == "sparse_product"
+        target, inputs = (reference, plain) if which == "base" else (model, concept)
+        with torch.no_grad():
+            return target.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=tokens)
+
+    if not torch.equal(generate("cached", 1.0), generate("sparse_product", 1.0)):
+        raise SystemExit("the cached weight and the sparse product generated different tokens")
+    variants = ("base", "cached", "sparse_product")
+    results = {}
+    for scale in (1.0, 3.0):
+        times = {v: [] for v in variants}
+        for v in variants:
+            generate(v, scale)  # warm-up
+        for i in range(rounds):
+            for v in variants if i % 2 == 0 else tuple(reversed(variants)):
+                start = time.process_time()
+                generate(v, scale)
+                times[v].append(time.process_time() - start)
+        row = {"base_ms": statistics.median(times["base"]) * 1e3}
+        for v in variants[1:]:
+            ratios = [a / b for a, b in zip(times[v], times["base"], strict=True)]
+            quartiles = statistics.quantiles(ratios, n=4)
+            row[v] = {"median": statistics.median(ratios), "q1": quartiles[0], "q3": quartiles[2]}
+        results[f"guidance_{scale:g}"] = row
+        cells = [f"{v} ×base {row[v]['median']:.3f} (quartiles {row[v]['q1']:.3f}-{row[v]['q3']:.3f})"
+                 for v in variants[1:]]
+        print(f"guidance {scale:g}: base {row['base_ms']:.1f} ms; " + "; ".join(cells))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generation", action="store_true", help="whole tiny-MusicGen generations instead")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds for --generation")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--percent", type=float, default=5.0)
@@ -154,6 +213,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.generation:
+        results = generation_ab(args.rounds)
+        if args.json:
+            atomic_write_json(args.json, results)
+        return
     stack = build(args.layers, args.width, args.percent)
     selected = sum(layer.num_selected("default") for layer in stack)
     print(f"{args.layers} layers of {args.width}x{args.width}, {args.percent}% selected ({selected} values), "
