@@ -11,8 +11,12 @@ forward, so a merged model computes exactly what the adapted model computed.
 
 Stage 2 is the common case at inference and in training, and there the forward never builds W_V' = W_V + ΔW:
 it computes `base_layer(x) + x @ ΔW_sparse^T` (`sparse_ops.py`): a CSR matmul over the selection for few
-rows (decoding), or, for many rows (training, prefill), one fused op that builds W_V' only transiently and
-keeps nothing of W's size for backward. Indices are stored as int32.
+rows, or, for many rows (training, prefill), one fused op that builds W_V' only transiently and keeps
+nothing of W's size for backward. Indices are stored as int32.
+
+Inference (eval mode, no autograd: generation) is the exception: there the adapted weight is built once,
+bitwise what `merge` writes, and reused by every decoding step while nothing it depends on changes, so a
+step costs the base's one matmul; `train()` drops it (`_InferenceWeight`).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 The old stage-2 forward built W' = W + ΔW (a full copy of W_V) on every call and autograd kept it for
 backward: ~2.2x the layer's cost per decoding step and one W_V per layer of extra training memory.
 
-- Few rows (decoding, `rows <= max_sparse_rows`): a CSR matmul over the selection, added to `base_layer(x)`;
-  cost O(rows x selected). CSR is the fastest of the sparse forms measured on CPU (scatter-add on the output
-  and COO are several times slower; `benchmarks/pivotal_forward.py`).
+(Generation does not come here: in eval mode without autograd `PivotalLinear` reuses the adapted weight.)
+
+- Few rows (`rows <= max_sparse_rows`, e.g. decoding in training mode): a CSR matmul over the selection,
+  added to `base_layer(x)`; cost O(rows x selected). CSR is the fastest of the sparse forms measured on CPU
+  (scatter-add on the output and COO are several times slower; `benchmarks/pivotal_forward.py`).
 - Many rows (training, prefill): a dense BLAS matmul beats any sparse kernel at 5% density, so
   `sparse_delta_linear` builds W' transiently in forward and again in backward, and saves only `x` (which a
   plain linear layer saves too) and the selection: nothing of W's size stays alive between the passes.
