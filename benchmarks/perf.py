@@ -25,7 +25,8 @@ then forks one child per method and round: each child attaches its method throug
 (`musicpeft.add_adapter`, `musicpeft.load_adapter`), so the benchmark measures whatever the library does
 today. Generation is timed against an untouched copy of the base (made in the child before attaching),
 the two generating in turn, and ×base is the median of those paired ratios: a pair sees the same machine
-load. `full_ft` generates with exactly the base's computation, so its paired ratios measure the noise, and
+load. The base child times the base against its own copy, and `full_ft` generates with exactly the base's
+computation: their paired ratios measure the noise, and
 a target closer to its limit than that is reported as within noise. ×LoRA divides a method's ratio by
 LoRA's. Rounds visit the methods in alternating order (forward, then backward); other times are the fastest
 sample over rounds × repeats (as `timeit` reports: other processes only add time), memory the median. Peak RSS is the
@@ -36,7 +37,9 @@ the parent, so its RSS counts the base once and the difference is that method's 
 
 Sizes: `tiny` is `musicpeft.tiny.tiny_musicgen` (seconds; CI runs it); `small` is the MusicGen-small
 shape of `benchmarks/methods_footprint.py` (T5-base encoder, 24-layer 1024-wide decoder, 32 kHz EnCodec;
-several minutes on 2 cores, about 7 GB peak for full fine-tuning).
+about 7 minutes of one core's CPU time; `full_ft` is left out at that size unless asked for, see `Size.skip`).
+Work per child: the training warm-up step and `repeats` timed steps; per generating player (the method and
+its base copy) and guidance scale, one 2-token warm-up and `repeats` timed generations.
 
     .venv/bin/python benchmarks/perf.py --size tiny
     nice -n 10 .venv/bin/python benchmarks/perf.py --size small --json perf-small.json
@@ -57,7 +60,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Run as a script, Python puts benchmarks/ on the path: the shared model and method definitions come from there.
@@ -102,12 +105,32 @@ class Size:
     frames: int  # audio frames of the training example (50 Hz at full size)
     repeats: int  # timed generations (each kind) and timed train steps per child, after one warm-up
     rounds: int
+    # Methods left out unless `--methods` names them, with the reason the report prints.
+    skip: dict[str, str] = field(default_factory=dict)
 
 
 SIZES = {
     "tiny": Size("tiny", max_new_tokens=24, frames=40, repeats=3, rounds=2),
-    "small": Size("small", max_new_tokens=20, frames=75, repeats=2, rounds=1),
+    "small": Size(
+        "small",
+        max_new_tokens=20,
+        frames=75,
+        repeats=2,
+        rounds=1,
+        skip={
+            "full_ft": (
+                "left out at this size unless `--methods full_ft` asks for it: its training step holds about 5 GB "
+                "(weights, gradients and two AdamW moments of the whole decoder) and is the slowest child; "
+                "it is no target, and its other role, the noise control, is played by the base timed against "
+                "its own copy"
+            )
+        },
+    ),
 }
+# Warm-up generations in each child are this many tokens long: the parent has already run a full-length
+# greedy and guided generation before forking (lazy initialisation, allocator growth, kernel selection are
+# inherited), so a child's warm-up only has to touch the adapter's own code paths once.
+CHILD_WARMUP_TOKENS = 2
 
 
 def method_names() -> list[str]:
@@ -183,7 +206,9 @@ def measure_method(name: str, base: Any, size: Size, workdir: str, seed: int) ->
     tokenizer = make_t5_tokenizer()
     out: dict[str, Any] = {"method": name}
     # An untouched copy of the base to time generation against, made before the memory baseline is taken.
-    reference = None if name == "base" else copy.deepcopy(base)
+    # The base child times the base against its copy too: the same computation twice, so its paired ratios
+    # are what noise alone does to a ratio in this run.
+    reference = copy.deepcopy(base)
     gc_collect()
     resettable = reset_peak_rss()
     rss_before_kb = status_kb("VmRSS") or 0
@@ -217,19 +242,19 @@ def measure_method(name: str, base: Any, size: Size, workdir: str, seed: int) ->
         runner.eval()
 
     # The method and its untouched base copy generate in turn, so each pair sees the same machine load.
+    # The base knows no identifier tokens: its copy gets the plain prompt.
     players = {"method": (runner, tokenizer([text], return_tensors="pt"))}
-    if reference is not None:  # the base knows no identifier tokens: it gets the plain prompt
-        players["base"] = (reference, tokenizer([TEXT], return_tensors="pt"))
+    players["base"] = (reference, tokenizer([TEXT], return_tensors="pt"))
     gen = {"greedy": 1.0, "cfg": GUIDANCE}
 
-    def generate(who: str, scale: float) -> None:
+    def generate(who: str, scale: float, tokens: int = size.max_new_tokens) -> None:
         model, inputs = players[who]
         with torch.no_grad():
-            model.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=size.max_new_tokens)
+            model.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=tokens)
 
     for who in players:
         for scale in gen.values():
-            generate(who, scale)  # warm-up
+            generate(who, scale, min(CHILD_WARMUP_TOKENS, size.max_new_tokens))  # warm-up (see CHILD_WARMUP_TOKENS)
     times = {(who, kind): [] for who in players for kind in gen}
     walls = {(who, kind): [] for who in players for kind in gen}
     for _ in range(size.repeats):
@@ -238,11 +263,10 @@ def measure_method(name: str, base: Any, size: Size, workdir: str, seed: int) ->
                 times[who, kind].append(_timed(lambda w=who, s=scale: generate(w, s), walls[who, kind]))
     for kind in gen:
         out[f"gen_{kind}_s"], out[f"gen_{kind}_wall_s"] = times["method", kind], walls["method", kind]
-        if reference is not None:
-            out[f"gen_{kind}_base_s"] = times["base", kind]
-            out[f"gen_{kind}_pair_ratios"] = [
-                a / b for a, b in zip(times["method", kind], times["base", kind], strict=True)
-            ]
+        out[f"gen_{kind}_base_s"] = times["base", kind]
+        out[f"gen_{kind}_pair_ratios"] = [
+            a / b for a, b in zip(times["method", kind], times["base", kind], strict=True)
+        ]
 
     if params:
         folder = os.path.join(workdir, name)
@@ -406,6 +430,156 @@ def _quiet(fn) -> None:
             os.close(fd)
 
 
+# ---------------------------------------------------------------------------------------------- AudioLDM2
+
+AUDIOLDM2_METHODS = ("base", "soft_prompt", LORA_REFERENCE)
+AUDIOLDM2_STEPS = 4  # denoising steps per timed pipeline call (the tiny U-Net; the ratio is per call)
+
+
+def measure_audioldm2(name: str, repeats: int, seed: int) -> dict[str, Any]:
+    """In a forked child: the tiny AudioLDM2 pipeline with `name` attached, against an untouched copy.
+
+    Times (CPU seconds, paired and interleaved as for MusicGen): `encode_prompt` with guidance (the text
+    encoders, the projection and GPT2's 8 new states, conditional and negative), a whole pipeline call with
+    guidance 3 (`AUDIOLDM2_STEPS` denoising steps, 1 s of audio), and a training step (`diffusion_loss`,
+    backward, AdamW) for the adapted methods.
+    """
+    import torch
+
+    import musicpeft
+    from musicpeft.tiny.audioldm2 import tiny_audioldm2_pipeline
+    from musicpeft.training.diffusion import _noise_scheduler, diffusion_loss
+    from musicpeft.training.presets import lora_config
+
+    pipe = tiny_audioldm2_pipeline(seed=seed)
+    reference = copy.deepcopy(pipe)
+    if name == "soft_prompt":
+        musicpeft.add_adapter(pipe, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30))
+    elif name == LORA_REFERENCE:
+        musicpeft.add_adapter(pipe, lora_config(pipe, "attn", r=LORA_RANK))
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    cpu = torch.device("cpu")
+
+    def encode(p: Any) -> None:
+        with torch.no_grad():
+            p.encode_prompt([TEXT], cpu, 1, True)
+
+    def generate(p: Any) -> None:
+        with torch.no_grad():
+            p(
+                [TEXT],
+                audio_length_in_s=1.0,
+                guidance_scale=GUIDANCE,
+                num_inference_steps=AUDIOLDM2_STEPS,
+                generator=torch.Generator().manual_seed(seed),
+            )
+
+    out: dict[str, Any] = {"method": name}
+    for kind, fn in (("encode", encode), ("generate", generate)):
+        fn(pipe), fn(reference)  # warm-up
+        pairs = [(_timed(lambda f=fn: f(pipe)), _timed(lambda f=fn: f(reference))) for _ in range(repeats)]
+        out[f"{kind}_s"] = [a for a, _ in pairs]
+        out[f"{kind}_pair_ratios"] = [a / b for a, b in pairs]
+    # The base trains nothing (the tiny pipeline's modules are not frozen until an adapter is attached).
+    params = [
+        p
+        for module in pipe.components.values()
+        if isinstance(module, torch.nn.Module) and name != "base"
+        for p in module.parameters()
+        if p.requires_grad
+    ]
+    out["trainable"] = sum(p.numel() for p in params)
+    if params:
+        scheduler = _noise_scheduler(pipe)
+        rate = pipe.vocoder.config.sampling_rate
+        waveform = torch.randn(1, rate, generator=torch.Generator().manual_seed(seed)) * 0.1
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+        def step() -> None:
+            diffusion_loss(pipe, waveform, [TEXT], scheduler).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up
+        out["train_step_s"] = [_timed(step) for _ in range(repeats)]
+    return out
+
+
+# An AudioLDM2-shaped GPT2 prefix: CLAP (sos, 1, eos) + T5 (sos, 12 tokens, eos); a soft prompt adds 30.
+LM_PREFIX = {"base": 17, "soft_prompt": 47}
+
+
+def audioldm2_language_model(repeats: int, seed: int) -> dict[str, Any]:
+    """In a forked child: AudioLDM2's GPT2 shape (12 layers, 768 wide, random weights) making its 8 new states
+    over the base's and the soft prompt's prefix, with the pipeline's own loop (which, under transformers 5,
+    reruns GPT2 over the whole sequence for each state) and with the key/value cache musicpeft's prompted
+    `encode_prompt` uses. CPU seconds; also the largest difference between the two."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    from musicpeft.adapters.pipeline_hooks import _generate_with_cache
+
+    torch.manual_seed(seed)
+    lm = GPT2Model(GPT2Config(n_embd=768, n_layer=12, n_head=12)).eval().requires_grad_(False)
+
+    def uncached(x: Any, mask: Any, n: int = 8) -> Any:  # diffusers' generate_language_model, as it runs
+        for _ in range(n):
+            h = lm(inputs_embeds=x, attention_mask=mask, use_cache=False, output_hidden_states=True).hidden_states[-1]
+            x = torch.cat([x, h[:, -1:]], 1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        return x[:, -n:]
+
+    out: dict[str, Any] = {}
+    for name, length in LM_PREFIX.items():
+        x = torch.randn(1, length, 768, generator=torch.Generator().manual_seed(seed))
+        mask = torch.ones(1, length, dtype=torch.long)
+        variants = {
+            "uncached": lambda x=x, mask=mask: uncached(x, mask),
+            "cached": lambda x=x, mask=mask: _generate_with_cache(lm, x, 8, mask),
+        }
+        with torch.no_grad():
+            out[f"{name}_max_difference"] = float((variants["uncached"]() - variants["cached"]()).abs().max())
+            for key, fn in variants.items():
+                out[f"{name}_{key}_s"] = [_timed(fn) for _ in range(repeats)]
+    return out
+
+
+def language_model_line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"AudioLDM2-shaped GPT2: failed ({r['error']})"
+    cells = [
+        f"{name} prefix {length}: {_ms(_best(r[f'{name}_uncached_s']))} uncached, "
+        f"{_ms(_best(r[f'{name}_cached_s']))} with the cache (max difference {r[f'{name}_max_difference']:.1e})"
+        for name, length in LM_PREFIX.items()
+    ]
+    return "AudioLDM2-shaped GPT2 (12 layers, 768 wide), 8 new states, one pass, fastest of the repeats: " + "; ".join(
+        cells
+    )
+
+
+def audioldm2_table(results: dict[str, dict[str, Any]]) -> str:
+    """Rows of the tiny-AudioLDM2 comparison: encode and generation ×base (median of paired ratios), train ×LoRA."""
+    lora = results.get(LORA_REFERENCE, {})
+    lines = [
+        "| method (tiny AudioLDM2) | trainable | encode_prompt ×base | pipeline call ×base | train step ×LoRA |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| `{name}` | failed: {r['error']} | | | |")
+            continue
+        enc, gen = (_median(r[f"{k}_pair_ratios"]) for k in ("encode", "generate"))
+        train = _ratio(_best(r.get("train_step_s", [])), _best(lora.get("train_step_s", [])))
+        lines.append(
+            f"| `{name}` | {r['trainable']:,} | {_cell(enc, _ms(_best(r['encode_s'])))} "
+            f"| {_cell(gen, _ms(_best(r['generate_s'])))} "
+            f"| {_cell(train, _ms(_best(r['train_step_s'])) if r.get('train_step_s') else None)} |"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 
@@ -507,11 +681,25 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Methods whose generation is exactly the base's computation: their paired ratios show noise alone.
+NOISE_CONTROLS = ("base", "full_ft")
+
+
+def control_ratios(runs: dict[str, list[dict[str, Any]]], kind: str) -> list[float]:
+    """Paired generation ratios of the noise controls (base vs its copy, full fine-tuning vs the base)."""
+    return [
+        x
+        for name in NOISE_CONTROLS
+        for r in runs.get(name, [])
+        if "error" not in r
+        for x in r.get(f"gen_{kind}_pair_ratios", [])
+    ]
+
+
 def noise_band(runs: dict[str, list[dict[str, Any]]], key: str) -> float:
-    """Largest distance from 1 of `full_ft`'s paired generation ratios for `key` (0 when not measured)."""
+    """Largest distance from 1 of the noise controls' paired generation ratios for `key` (0 when not measured)."""
     kind = key.split("_")[1]  # gen_greedy_vs_base -> greedy
-    ratios = [x for r in runs.get("full_ft", []) if "error" not in r for x in r.get(f"gen_{kind}_pair_ratios", [])]
-    return max((abs(x - 1) for x in ratios), default=0.0)
+    return max((abs(x - 1) for x in control_ratios(runs, kind)), default=0.0)
 
 
 def target_lines(
@@ -556,6 +744,7 @@ def run(
     start = time.perf_counter()
     load_average = os.getloadavg()
     base = build_base(size.name, seed)
+    warm_up(base, size)
     workdir = tempfile.mkdtemp(prefix="musicpeft-perf-")
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     loads: dict[str, list[float]] = {m: [] for m in methods}
@@ -591,6 +780,19 @@ def run(
     }
 
 
+def warm_up(base: Any, size: Size) -> None:
+    """One full-length greedy and guided generation in the parent, before any fork: every child inherits the
+    warmed-up process (lazy initialisation, allocator pools, kernel choices) instead of paying for it again."""
+    import torch
+
+    from musicpeft.tiny import make_t5_tokenizer
+
+    inputs = make_t5_tokenizer()([TEXT], return_tensors="pt")
+    with torch.no_grad():
+        for scale in (1.0, GUIDANCE):
+            base.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=size.max_new_tokens)
+
+
 def _write_json(path: str, data: dict[str, Any]) -> None:
     """Write atomically (a reader never sees half a file); values JSON does not know are written as text."""
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
@@ -619,17 +821,18 @@ def _setup(load_average: tuple[float, float, float], seconds: float) -> dict[str
 
 
 def noise_line(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """A built-in control: full fine-tuning generates with exactly the base's computation (same modules, new
-    values), so the spread of its paired ratios around 1 is what noise alone does to a ratio."""
-    ratios = {
-        kind: [x for r in runs.get("full_ft", []) if "error" not in r for x in r.get(f"gen_{kind}_pair_ratios", [])]
-        for kind in ("greedy", "cfg")
-    }
-    parts = [f"{kind} {min(v):.2f}–{max(v):.2f}×" for kind, v in ratios.items() if v]
+    """Built-in controls: the base timed against its own copy, and full fine-tuning (same modules, new values),
+    generate with exactly the base's computation, so the spread of their paired ratios around 1 is what noise
+    alone does to a ratio."""
+    ratios = {kind: control_ratios(runs, kind) for kind in ("greedy", "cfg")}
+    parts = [f"{kind} {min(v):.2f}–{max(v):.2f}× ({len(v)} pairs)" for kind, v in ratios.items() if v]
     if not parts:
         return ""
+    controls = " and ".join(f"`{n}`" for n in NOISE_CONTROLS if runs.get(n))
     return (
-        "Noise: `full_ft` generates with exactly the base's computation, and its paired ratios to the base spanned "
+        f"Noise: {controls} generate with exactly the base's computation (the base against its own copy), and "
+        "their "
+        "paired ratios spanned "
         + "; ".join(parts)
         + ": ratios that close to 1 cannot be told apart from it in this run."
     )
@@ -648,6 +851,7 @@ def report(result: dict[str, Any]) -> str:
         f"load average at start {', '.join(f'{x:.2f}' for x in setup['load_average_at_start'])}; "
         f"run {setup['run_s']:.0f} s; " + ", ".join(f"{k} {v}" for k, v in setup["versions"].items()) + ".",
         noise_line(result["runs"]),
+        *[f"`{m}`: {why}." for m, why in result.get("skipped", {}).items()],
         *[
             f"Memory of `{n}`: {r['peak_scope']} (/proc/self/clear_refs was not writable)."
             for n, r in result["rows"].items()
@@ -669,19 +873,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, help="tokens per generation (default: the size's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-encoder-check", action="store_true", help="do not count second-epoch encodes")
+    parser.add_argument(
+        "--audioldm2",
+        action="store_true",
+        help="also compare base, soft prompt and LoRA on the tiny AudioLDM2 pipeline",
+    )
     parser.add_argument("--json", help="also write every measurement to this JSON file")
     args = parser.parse_args(argv)
     if not hasattr(os, "fork"):
         raise SystemExit("benchmarks/perf.py forks one child per method: it needs a POSIX system (os.fork).")
     size = SIZES[args.size]
-    for field in ("repeats", "rounds", "max_new_tokens"):
-        value = getattr(args, field)
+    for option in ("repeats", "rounds", "max_new_tokens"):
+        value = getattr(args, option)
         if value is not None:
             if value < 1:
-                raise SystemExit(f"--{field.replace('_', '-')} must be >= 1, got {value}")
-            setattr(size, field, value)
+                raise SystemExit(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+            setattr(size, option, value)
     known = method_names()
-    methods = known
+    methods = [m for m in known if m not in size.skip]
     if args.methods:
         chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in chosen if m not in known]
@@ -690,10 +899,23 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m for m in known if m in chosen or m in ("base", LORA_REFERENCE)]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = run(size, methods, args.seed, not args.skip_encoder_check, log=log, partial_json=args.json)
+    result["skipped"] = {m: why for m, why in size.skip.items() if m not in methods}
     print(report(result))
+    if args.audioldm2:
+        result["audioldm2"] = {}
+        for name in AUDIOLDM2_METHODS:
+            result["audioldm2"][name] = in_child(measure_audioldm2, name, size.repeats, args.seed)
+            log(f"  audioldm2 {name}: done")
+        result["audioldm2_language_model"] = in_child(audioldm2_language_model, size.repeats, args.seed)
+        print()
+        print(audioldm2_table(result["audioldm2"]))
+        print()
+        print(language_model_line(result["audioldm2_language_model"]))
     if args.json:
         _write_json(args.json, result)
-    return 1 if any("error" in r for r in result["rows"].values()) else 0
+    failed = [*result["rows"].values(), *result.get("audioldm2", {}).values()]
+    failed += [result["audioldm2_language_model"]] if "audioldm2_language_model" in result else []
+    return 1 if any("error" in r for r in failed) else 0
 
 
 if __name__ == "__main__":

@@ -54,11 +54,20 @@ KINDS = list(FAMILY)
 
 
 def logits(model, inputs, steps: int = 3) -> torch.Tensor:
-    """Logits of the last `steps` decoder positions (MusicGen-Melody also returns its prepended positions')."""
+    """Logits of the last `steps` decoder positions (MusicGen-Melody also returns its prepended positions').
+
+    Inference: eval mode (each module's own mode is restored after), as a loaded adapter runs.
+    """
     rows = inputs["input_ids"].shape[0] * unwrap_peft(model).decoder.num_codebooks
     dec = torch.arange(rows * steps).reshape(rows, steps) % 64
-    with torch.no_grad():
-        return model(**inputs, decoder_input_ids=dec).logits[:, -steps:]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(**inputs, decoder_input_ids=dec).logits[:, -steps:]
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 # ------------------------------------------------------------------------------------------------ detection

@@ -40,9 +40,16 @@ def train(peft_model, batch, target, steps: int = 3, lr: float = 1e-2) -> torch.
 
 
 def logits(model, inputs):
+    """Inference logits: eval mode (every module's own mode is restored after), no autograd."""
     dec = torch.arange(24).reshape(8, 3) % 64
-    with torch.no_grad():
-        return model(**inputs, decoder_input_ids=dec).logits
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(**inputs, decoder_input_ids=dec).logits
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +202,8 @@ def test_save_load_and_merge_give_identical_outputs(run, tmp_path):
     assert torch.equal(logits(loaded, fresh_inputs), reference)
     merged = loaded.merge_and_unload()
     assert not any("pivotal" in n or "concept" in n for n, _ in merged.named_modules())
-    # The unmerged forward adds x @ ΔW^T to x @ W^T; the merged one multiplies by W + ΔW: equal up to rounding.
-    torch.testing.assert_close(logits(merged, fresh_inputs), reference, atol=1e-6, rtol=0)
+    # In eval mode without autograd the unmerged layers multiply by the weight that `merge` writes: bitwise equal.
+    assert torch.equal(logits(merged, fresh_inputs), reference)
 
 
 def test_merging_an_adapter_trained_on_another_base_is_refused(run, tmp_path):
@@ -545,3 +552,62 @@ def test_sparse_forward_under_bf16_autocast(rows):
     assert dx.dtype == x.dtype and dv.dtype == values.dtype
     torch.testing.assert_close(dv, ref_dv, atol=0.5, rtol=0.05)
     torch.testing.assert_close(dx, ref_dx, atol=0.5, rtol=0.05)
+
+
+def test_inference_forward_equals_the_merged_weight_and_follows_changes():
+    """Eval mode without autograd reuses the adapted weight across calls (decoding): bitwise what `merge` computes,
+    rebuilt when the values change in place, and dropped by train() so training memory never holds it."""
+    import torch.nn.functional as F
+
+    layer, _ = _sparse_layer()
+    layer.eval()
+    x = torch.randn(2, 1, 64)
+    with torch.no_grad():
+        first = layer(x)
+        cached = layer._inference_weight.weight
+        assert torch.equal(layer(x), first) and layer._inference_weight.weight is cached  # reused, not rebuilt
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        assert torch.equal(first, F.linear(x, merged.base_layer.weight, merged.base_layer.bias))
+        layer.pivotal_values["default"].mul_(2)  # an optimizer step or a load changes values in place
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
+        assert layer._inference_weight.weight is not cached
+        values = layer.pivotal_values["default"]
+        values.data = values.data * 3  # a new storage without an in-place version bump
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
+        layer.enable_adapters(False)
+        assert torch.equal(layer(x), layer.base_layer(x))  # disabled: the base alone, not the cached weight
+        layer.enable_adapters(True)
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-6, rtol=0)
+    layer.train()
+    assert layer._inference_weight is None
+    out = layer(torch.randn(2, 500, 64, requires_grad=True))  # training: the fused path, nothing cached
+    out.sum().backward()
+    assert layer._inference_weight is None and layer.pivotal_values["default"].grad is not None
+    layer.eval()
+    y = torch.randn(3, 64, requires_grad=True)
+    layer(y).sum().backward()  # eval mode with autograd (e.g. gradient checks): no cache either
+    assert layer._inference_weight is None
+
+
+def test_a_layer_that_ran_the_sparse_product_can_be_deep_copied():
+    layer, _ = _sparse_layer()
+    x = torch.randn(2, 1, 64)
+    with torch.no_grad():
+        before = layer(x)  # training mode, few rows: the CSR product, whose matrix is cached
+    assert layer._plans["default"]._csr_cache is not None
+    copied = copy.deepcopy(layer)
+    with torch.no_grad():
+        assert torch.equal(copied(x), before)
+
+
+def test_generation_of_an_unmerged_pivotal_adapter_equals_the_merged_model(run):
+    peft_model, processor = run["peft_model"], run["processor"]
+    inputs = processor(text=["a <koto> jig"], return_tensors="pt")
+    unmerged = copy.deepcopy(peft_model).eval()
+    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+    for scale in (1.0, 3.0):
+        with torch.no_grad():
+            a = unmerged.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=6)
+            b = merged.generate(**inputs, do_sample=False, guidance_scale=scale, max_new_tokens=6)
+        assert torch.equal(a, b), scale

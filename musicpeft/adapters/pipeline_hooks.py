@@ -5,6 +5,11 @@ Soft prompts need one more thing on AudioLDM2: the T5 mask that `encode_prompt` 
 feeds the projection model, GPT2 and the U-Net, so it must grow with the prompt; and the negative /
 unconditional pass must stay the base model's (see `families/audioldm2.py`, `T5_MASK_FLOW`).
 `_PromptedEncodePrompt` does both.
+
+It also runs GPT2 with its key/value cache (`_cached_language_model`): diffusers' `generate_language_model`
+loop looks for `past_key_values` in what transformers 5 returns as `cache`, so as shipped it reruns GPT2 over
+the whole growing sequence for each of its 8 new states; with a soft prompt that sequence is 30 positions
+longer in the conditional and (padded to the same length) the negative pass.
 """
 
 from __future__ import annotations
@@ -117,6 +122,49 @@ def protect_save_pretrained(pipe: Any) -> None:
     _RefusedSavePretrained.install(pipe)
 
 
+def _generate_with_cache(language_model: Any, inputs_embeds: torch.Tensor, max_new_tokens: int | None = None,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """What `AudioLDM2Pipeline.generate_language_model` computes, with GPT2's key/value cache.
+
+    The sequence is read once, then each new hidden state is one position: positions, mask growth (ones for
+    new states) and the returned last `max_new_tokens` states are the pipeline's; values agree with the
+    uncached loop up to float rounding (the same products, in other shapes).
+    """
+    n = max_new_tokens if max_new_tokens is not None else language_model.config.max_new_tokens
+    # transformers 5 names the cache `cache` (`past_key_values` is its deprecated alias); older ones the latter.
+    key = "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
+    step, past, new = inputs_embeds, None, []
+    for _ in range(n):
+        output = language_model(inputs_embeds=step, attention_mask=attention_mask, use_cache=True,
+                                output_hidden_states=True, return_dict=True, **{key: past})
+        past = output[key]
+        step = output.hidden_states[-1][:, -1:, :]
+        new.append(step)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+    return torch.cat(new, dim=1)
+
+
+@contextlib.contextmanager
+def _cached_language_model(pipe: Any) -> Iterator[None]:
+    """While active, `pipe.generate_language_model` uses GPT2's key/value cache (see the module docstring)."""
+    original = pipe.__dict__.get("generate_language_model")
+
+    def generate(inputs_embeds: torch.Tensor, max_new_tokens: int | None = None, **kwargs: Any) -> torch.Tensor:
+        if set(kwargs) - {"attention_mask"}:  # a caller we do not know: the pipeline's own loop
+            return type(pipe).generate_language_model(pipe, inputs_embeds, max_new_tokens=max_new_tokens, **kwargs)
+        return _generate_with_cache(pipe.language_model, inputs_embeds, max_new_tokens, kwargs.get("attention_mask"))
+
+    object.__setattr__(pipe, "generate_language_model", generate)  # bypass DiffusionPipeline.__setattr__
+    try:
+        yield
+    finally:
+        if original is None:
+            pipe.__dict__.pop("generate_language_model", None)
+        else:
+            object.__setattr__(pipe, "generate_language_model", original)
+
+
 class _PromptedEncodePrompt:
     """Wraps `pipe.encode_prompt`: conditional pass with the prompt and a grown mask, negative pass without."""
 
@@ -146,13 +194,15 @@ class _PromptedEncodePrompt:
             return self.original(*args, **kwargs)
         owner = self._mask_owner()
         grow = _tokenizer_extends_mask(self.pipe, *owner) if owner else contextlib.nullcontext()
-        with grow:
+        cached = _cached_language_model(self.pipe) if hasattr(self.pipe, "language_model") else contextlib.nullcontext()
+        with grow, cached:
             embeds, mask, generated = self.original(
                 **{**params, "num_waveforms_per_prompt": 1, "do_classifier_free_guidance": False}
             )
         # Second call: duplicates per waveform and, for guidance, encodes the negative prompt with the base
         # encoders (padded to the prompted length), as the base pipeline would.
-        with _prompts_disabled(layers):
+        cached = _cached_language_model(self.pipe) if hasattr(self.pipe, "language_model") else contextlib.nullcontext()
+        with _prompts_disabled(layers), cached:
             return self.original(
                 **{**params, "prompt_embeds": embeds, "attention_mask": mask, "generated_prompt_embeds": generated}
             )

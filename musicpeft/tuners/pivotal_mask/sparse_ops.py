@@ -3,9 +3,11 @@
 The old stage-2 forward built W' = W + ΔW (a full copy of W_V) on every call and autograd kept it for
 backward: ~2.2x the layer's cost per decoding step and one W_V per layer of extra training memory.
 
-- Few rows (decoding, `rows <= max_sparse_rows`): a CSR matmul over the selection, added to `base_layer(x)`;
-  cost O(rows x selected). CSR is the fastest of the sparse forms measured on CPU (scatter-add on the output
-  and COO are several times slower; `benchmarks/pivotal_forward.py`).
+(Generation does not come here: in eval mode without autograd `PivotalLinear` reuses the adapted weight.)
+
+- Few rows (`rows <= max_sparse_rows`, e.g. decoding in training mode): a CSR matmul over the selection,
+  added to `base_layer(x)`; cost O(rows x selected). CSR is the fastest of the sparse forms measured on CPU
+  (scatter-add on the output and COO are several times slower; `benchmarks/pivotal_forward.py`).
 - Many rows (training, prefill): a dense BLAS matmul beats any sparse kernel at 5% density, so
   `sparse_delta_linear` builds W' transiently in forward and again in backward, and saves only `x` (which a
   plain linear layer saves too) and the selection: nothing of W's size stays alive between the passes.
@@ -15,6 +17,8 @@ backward: ~2.2x the layer's cost per decoding step and one W_V per layer of extr
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
@@ -42,6 +46,14 @@ class SparsePlan:
     source: tuple[int, int, int] = field(default=(0, 0, 0))
     max_sparse_rows: int = MAX_SPARSE_ROWS
     _csr_cache: tuple | None = None
+
+    def __deepcopy__(self, memo: dict) -> SparsePlan:
+        """A copy without the cached CSR matrix: sparse CSR tensors cannot be deep-copied (a copied model,
+        e.g. `copy.deepcopy(peft_model)` after generating, rebuilds it on first use)."""
+        return dataclasses.replace(
+            self, flat=copy.deepcopy(self.flat, memo), crow=copy.deepcopy(self.crow, memo),
+            col=copy.deepcopy(self.col, memo), _csr_cache=None,
+        )
 
     @staticmethod
     def _key(indices: torch.Tensor) -> tuple[int, int, int]:

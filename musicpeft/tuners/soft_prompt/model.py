@@ -169,17 +169,23 @@ class SoftMusicPromptModel(BaseTuner):
         mask = kwargs.get(mask_kwarg)
         if mask is None:
             return None
-        layers = self.prompt_layers()
-        extra = sum(sum(layer.num_active_tokens()) for layer in layers)
-        if extra == 0:
-            return None
         encoder_outputs = kwargs.get("encoder_outputs")
+        states = None
         if encoder_outputs is not None:
             states = (
                 encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) else encoder_outputs.last_hidden_state
             )
+            if mask.shape[1] == states.shape[1]:
+                # Every decoding step lands here (the mask was grown once, before the first): return before
+                # counting the active prompts, which costs more Python than the rest of the hook.
+                return None
+        layers = self.prompt_layers()
+        extra = sum(sum(layer.num_active_tokens()) for layer in layers)
+        if extra == 0:
+            return None
+        if states is not None:
             if mask.shape[1] + extra != states.shape[1]:
-                return None  # already extended, or encoder outputs computed without the prompt
+                return None  # encoder outputs computed without the prompt
         else:
             text = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
             if text is None or mask.shape[1] != text.shape[1]:
