@@ -1,9 +1,9 @@
 """AudioLDM2 with a soft prompt runs GPT2 with its key/value cache, and computes what the pipeline's own loop does.
 
-diffusers' `generate_language_model` (as shipped, under transformers 5) reruns GPT2 over the whole growing
-sequence for each new hidden state; the soft prompt makes that sequence 30 positions longer in both the
-conditional and the negative pass. `musicpeft.adapters.pipeline_hooks` reads the sequence once and then one
-position per new state; these tests hold it to the uncached loop's values.
+Whether diffusers' own `generate_language_model` loop uses GPT2's cache depends on the transformers version
+(0.42.1 under 5.24 reruns GPT2 over the whole growing sequence for each new state; under 5.23 it does not).
+`musicpeft.adapters.pipeline_hooks` reads the sequence once and then one position per new state, whatever the
+versions; these tests hold it to the values of the pipeline's loop.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_cached_generation_equals_the_pipelines_loop_and_reads_the_sequence_once
             cached = pipeline_hooks._generate_with_cache(lm, embeds, 8, mask)
     finally:
         handle.remove()
-    assert uncached == list(range(12, 20))  # the shipped loop: the whole sequence every time (the check can fail)
+    assert uncached in (list(range(12, 20)), [12] + [1] * 7)  # the shipped loop, without or with the cache
     assert seen == [12] + [1] * 7
     assert cached.shape == reference.shape == (2, 8, lm.config.n_embd)
     torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
@@ -71,7 +71,8 @@ def test_soft_prompt_encode_prompt_with_the_cache_equals_it_without(monkeypatch,
     finally:
         handle.remove()
     passes = 2 if guidance > 1 else 1  # conditional, and the negative one with guidance
-    assert sum(cached_lengths) < sum(seen) and cached_lengths.count(1) == 7 * passes
+    assert cached_lengths.count(1) == 7 * passes and len(cached_lengths) == 8 * passes
+    assert sum(cached_lengths) <= sum(seen)
     assert len(cached) == len(reference)
     for got, want in zip(cached, reference, strict=True):
         if isinstance(want, torch.Tensor) and want.is_floating_point():

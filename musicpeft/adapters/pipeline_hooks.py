@@ -6,10 +6,11 @@ feeds the projection model, GPT2 and the U-Net, so it must grow with the prompt;
 unconditional pass must stay the base model's (see `families/audioldm2.py`, `T5_MASK_FLOW`).
 `_PromptedEncodePrompt` does both.
 
-It also runs GPT2 with its key/value cache (`_cached_language_model`): diffusers' `generate_language_model`
-loop looks for `past_key_values` in what transformers 5 returns as `cache`, so as shipped it reruns GPT2 over
-the whole growing sequence for each of its 8 new states; with a soft prompt that sequence is 30 positions
-longer in the conditional and (padded to the same length) the negative pass.
+It also runs GPT2 with its key/value cache itself (`_cached_language_model`) instead of relying on diffusers'
+`generate_language_model` loop, whose use of the cache depends on the transformers version: with diffusers
+0.42.1 it is used under transformers 5.23 (the pinned one) but not under 5.24, where the loop reruns GPT2
+over the whole growing sequence for each of its 8 new states; with a soft prompt that sequence is 30
+positions longer in the conditional and (padded to the same length) the negative pass.
 """
 
 from __future__ import annotations
