@@ -19,7 +19,7 @@ B. Two concepts, koto and shamisen (JEN-1 DreamStyler): identifier tokens only v
 Every paper claim checked is printed with whether its direction was reproduced here.
 
     python benchmarks/quality.py --quick            # a few minutes on 2 CPU cores
-    python benchmarks/quality.py                    # the full run (about an hour on 2 CPU cores)
+    python benchmarks/quality.py                    # the full run (part A alone: 74 min, 1 thread, busy 2-core machine)
     python benchmarks/quality.py --quick --json out.json --markdown out.md
 
 Learning rates are raised from the papers' (1e-5 for weights, 1e-4 for tokens) because the runs are a few
@@ -70,7 +70,7 @@ RECIPES_B = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="A few minutes instead of about an hour.")
+    parser.add_argument("--quick", action="store_true", help="Minutes, not hours (full part A: 74 min).")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per cell (default 3).")
     parser.add_argument("--parts", default="A,B", help="Which experiments to run: A, B or A,B.")
     parser.add_argument("--steps", type=int, default=None, help="A: training steps of every method.")
