@@ -21,6 +21,8 @@ Every paper claim checked is printed with whether its direction was reproduced h
     python benchmarks/quality.py --quick            # a few minutes on 2 CPU cores
     python benchmarks/quality.py                    # the full run (part A alone: 74 min, 1 thread, busy 2-core machine)
     python benchmarks/quality.py --quick --json out.json --markdown out.md
+    python benchmarks/quality.py --parts B --seeds 1 --first-seed 2 --json b2.json   # one seed per process ...
+    python benchmarks/quality.py --merge b0.json b1.json b2.json --markdown b.md       # ... then one set of tables
 
 Learning rates are raised from the papers' (1e-5 for weights, 1e-4 for tokens) because the runs are a few
 hundred steps, not 100 epochs or 1,500 steps at batch 32; they are flags.
@@ -72,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Minutes, not hours (full part A: 74 min).")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per cell (default 3).")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="Run seeds first-seed .. first-seed + seeds - 1 (to split seeds over processes).")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="Run nothing: merge the per-seed rows of these --json reports into one set of tables.")
     parser.add_argument("--parts", default="A,B", help="Which experiments to run: A, B or A,B.")
     parser.add_argument("--steps", type=int, default=None, help="A: training steps of every method.")
     parser.add_argument("--tuning-steps", type=int, default=None, help="B: stage-2 steps (paper: 1,500).")
@@ -112,6 +118,10 @@ def cell(values: list[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def seed_range(args: argparse.Namespace) -> range:
+    return range(args.first_seed, args.first_seed + args.preset["seeds"])
+
+
 def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -132,7 +142,7 @@ def run_part_a(world, args, log) -> dict:
     prompts = [heldout_rows[i % len(heldout_rows)]["text"] for i in range(p["generations"])]
     lrs = {"soft_prompt": args.lr_soft_prompt, "lora": args.lr_lora, "full": args.lr_full}
     results: dict[str, list[dict]] = {"base": []}
-    for seed in range(p["seeds"]):
+    for seed in seed_range(args):
         train_rows = world_clips("koto", "train", p["train_clips"], p["seconds"], rate, seed=seed)
         train = codes_dataset(train_rows, world.model)
         for method in ("base", *METHODS_A):
@@ -196,7 +206,7 @@ def run_part_b(world, args, log) -> dict:
     def score(model, processor, seed: int, plain: bool) -> dict:
         return score_concepts(world, model, processor, single, multi, refs, p["seconds"], 2000 + 10 * seed, plain)
 
-    for seed in range(p["seeds"]):
+    for seed in seed_range(args):
         concepts = [
             ConceptData(c, [r["audio"] for r in rows], rate, prompts=[with_placeholder(r["text"], c) for r in rows])
             for c in names
@@ -291,12 +301,86 @@ def claims_table(rows: list[tuple[str, str, str]]) -> list[str]:
             *[f"| {c} | {v} | {ok if ok != 'no' else '**no**'} |" for c, v, ok in rows]]
 
 
+def merge_reports(paths: list[str]) -> tuple[dict, dict, float, bool]:
+    """(results, preset, summed seconds, quick) of several ``--json`` reports (or their ``.partial`` files).
+
+    Rows of one method are concatenated; the runs must share a preset, and no seed may appear twice.
+    """
+    results: dict = {}
+    preset, seconds, quick = None, 0.0, None
+    for path in paths:
+        try:
+            report = json.loads(open(path, encoding="utf-8").read())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--merge: {path}: not a readable JSON report ({err})") from None
+        if not isinstance(report, dict) or "results" not in report or "preset" not in report:
+            raise SystemExit(f"--merge: {path}: expected a quality.py --json report with 'preset' and 'results'")
+        run_preset = {k: v for k, v in report["preset"].items() if k != "seeds"}
+        if preset is None:
+            preset, quick = run_preset, report.get("quick")
+        elif run_preset != preset:
+            raise SystemExit(f"--merge: {path}: preset {run_preset} differs from the first report's {preset}")
+        seconds += float(report.get("seconds", 0.0))
+        for part, methods in report["results"].items():
+            for method, rows in methods.items():
+                merged = results.setdefault(part, {}).setdefault(method, [])
+                seen = {r["seed"] for r in merged}
+                twice = sorted(seen & {r["seed"] for r in rows})
+                if twice:
+                    raise SystemExit(f"--merge: {path}: part {part} '{method}' repeats seed(s) {twice}")
+                merged += rows
+    seeds = {r["seed"] for methods in results.values() for rows in methods.values() for r in rows}
+    return results, {**preset, "seeds": len(seeds)}, seconds, bool(quick)
+
+
+def render(results: dict, p: dict, header: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """The Markdown tables and paper checks of ``results`` (a run's or several merged runs')."""
+    lines = [header, ""]
+    if "A" in results:
+        lines += [f"### A. Adapting to koto ({p['train_clips']} training clips, {p['steps']} steps, batch "
+                  f"{p['batch_size']}; {p['heldout_clips']} held-out clips; {p['generations']} generations)", "",
+                  *table_a(results["A"]), ""]
+    if "B" in results:
+        lines += [f"### B. Two concepts, koto and shamisen ({p['concept_clips']} clips each, mask {p['mask_epochs']} "
+                  f"epochs, {p['tuning_steps']} steps, batch {p['batch_size']}; {p['concept_prompts']} prompts per "
+                  "concept and for both)", "", *table_b(results["B"]), ""]
+    checks = claims(results)
+    lines += ["### Paper directions", "", *claims_table(checks), ""]
+    return "\n".join(lines), checks
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from musicpeft.io import atomic_write_text
+
+    if args.merge:
+        results, p, seconds, quick = merge_reports(args.merge)
+        header = (f"Run: {'--quick' if quick else 'full'}, {p['seeds']} seeds merged from {len(args.merge)} runs "
+                  f"({seconds / 60:.1f} min of wall time summed over the runs); mean ± standard deviation over seeds.")
+    else:
+        results, seconds = run(args)
+        p, quick = args.preset, args.quick
+        header = (f"Run: {'--quick' if quick else 'full'}, {p['seeds']} seeds, {seconds / 60:.1f} min on "
+                  f"{os.cpu_count()} CPU cores (torch threads {args.threads}); mean ± standard deviation over seeds.")
+    text, checks = render(results, p, header)
+    print("\n" + text)
+    if args.markdown:
+        atomic_write_text(args.markdown, text + "\n")
+    report = {"preset": p, "quick": quick, "seconds": seconds, "results": results,
+              "claims": [{"claim": c, "measured": v, "verdict": ok} for c, v, ok in checks],
+              "learning_rates": {k: getattr(args, k) for k in ("lr_soft_prompt", "lr_lora", "lr_full", "lr_weights",
+                                                               "lr_tokens")}}
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2, default=float))
+    return report
+
+
+def run(args: argparse.Namespace) -> tuple[dict, float]:
+    """Train and score every method of the chosen parts: (results, wall seconds)."""
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     from musicpeft.evaluation.micro_world import load_micro_world
-    from musicpeft.io import atomic_write_json, atomic_write_text
+    from musicpeft.io import atomic_write_json
 
     started = time.perf_counter()
 
@@ -309,38 +393,16 @@ def main(argv: list[str] | None = None) -> dict:
     def on_row(part: str, rows: dict) -> None:
         """Keep every finished row on disk (``<json>.partial``), so a run cut short still leaves its seeds."""
         if args.json:
-            atomic_write_json(args.json + ".partial", {"preset": args.preset, "results": {**results, part: rows}})
+            atomic_write_json(args.json + ".partial", {"preset": args.preset, "quick": args.quick,
+                                                       "seconds": time.perf_counter() - started,
+                                                       "results": {**results, part: rows}})
 
     args.on_row = on_row
     if "A" in args.parts:
         results["A"] = run_part_a(world, args, log)
     if "B" in args.parts:
         results["B"] = run_part_b(world, args, log)
-    seconds = time.perf_counter() - started
-    p = args.preset
-    lines = [f"Run: {'--quick' if args.quick else 'full'}, {p['seeds']} seeds, {seconds / 60:.1f} min on "
-             f"{os.cpu_count()} CPU cores (torch threads {args.threads}); mean ± standard deviation over seeds.", ""]
-    if "A" in results:
-        lines += [f"### A. Adapting to koto ({p['train_clips']} training clips, {p['steps']} steps, batch "
-                  f"{p['batch_size']}; {p['heldout_clips']} held-out clips; {p['generations']} generations)", "",
-                  *table_a(results["A"]), ""]
-    if "B" in results:
-        lines += [f"### B. Two concepts, koto and shamisen ({p['concept_clips']} clips each, mask {p['mask_epochs']} "
-                  f"epochs, {p['tuning_steps']} steps, batch {p['batch_size']}; {p['concept_prompts']} prompts per "
-                  "concept and for both)", "", *table_b(results["B"]), ""]
-    checks = claims(results)
-    lines += ["### Paper directions", "", *claims_table(checks), ""]
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.markdown:
-        atomic_write_text(args.markdown, text + "\n")
-    report = {"preset": p, "quick": args.quick, "seconds": seconds, "results": results,
-              "claims": [{"claim": c, "measured": v, "verdict": ok} for c, v, ok in checks],
-              "learning_rates": {k: getattr(args, k) for k in ("lr_soft_prompt", "lr_lora", "lr_full", "lr_weights",
-                                                               "lr_tokens")}}
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2, default=float))
-    return report
+    return results, time.perf_counter() - started
 
 
 if __name__ == "__main__":
