@@ -1,5 +1,8 @@
 """The micro-world's data definition: split by piece, captions from metadata, clips of the right shape."""
 
+import io
+import sys
+
 import numpy as np
 import pytest
 
@@ -39,8 +42,11 @@ def test_caption_for():
         caption_for("piano", tempo="andante")
 
 
-def test_world_clips_shape_caption_and_split():
+def test_world_clips_shape_caption_and_split(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file, not a terminal: no progress bar in it
     clips = world_clips("koto", "heldout", 2, 1.0, 8000, seed=2)  # seed 2: two quick-to-convert pieces first
+    assert "Rendering" not in sys.stderr.getvalue()
     held = set(split_pieces()["heldout"])
     for clip in clips:
         assert clip["audio"].dtype == np.float32 and clip["audio"].shape == (8000,)
@@ -49,3 +55,12 @@ def test_world_clips_shape_caption_and_split():
         assert clip["text"] == caption_for("koto", tempo=clip["tempo"], era=clip["era"], mode=clip["mode"])
     with pytest.raises(ValueError, match="split must be one of"):
         world_clips("koto", "test", 1, 1.0, 8000)
+
+
+def test_render_clips_draws_no_bar_into_a_log(monkeypatch):
+    from musicpeft.data.render import render_clips
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    audio = render_clips(2, 1.28, sample_rate=16000, program=107, seed=1)  # the clips test_audioldm2_adapters uses
+    assert len(audio) == 2 and sys.stderr.getvalue() == ""

@@ -26,9 +26,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..io import atomic_write, atomic_write_bytes
+from ..training.progress import progress_bar
 from .soundfont import repair_soundfont
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def render_clips(
     clips: list[np.ndarray] = []
     tried = 0
     # A first render converts each score with music21 (seconds to minutes a piece): show it.
-    bar = tqdm(total=n, desc=f"Rendering (GM program {program})", unit="clip", leave=False)
+    bar = progress_bar(total=n, desc=f"Rendering (GM program {program})", unit="clip")
     for i in order:
         if len(clips) == n or len(clips) + len(order) - tried < n:
             break  # done, or too few pieces left to reach n even if all of them work: fail now

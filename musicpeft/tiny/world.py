@@ -23,9 +23,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.render import _corpus_root, corpus_pieces, is_mostly_silent, midi_bytes, render_score
+from ..training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def world_clips(
     bad: set[str] = set()
     clips: list[dict] = []
     # A first render converts each score with music21 (seconds to minutes a piece): show it.
-    with tqdm(total=n, desc=f"Rendering {instrument} ({split})", unit="clip", leave=False) as bar:
+    with progress_bar(total=n, desc=f"Rendering {instrument} ({split})", unit="clip") as bar:
         for window in range(max_windows):
             for piece in order:
                 if len(clips) == n:
