@@ -115,6 +115,24 @@ def test_paper_defaults_when_no_args(base, processor, koto, tmp_path):
     assert trainer.args.num_train_epochs == 100 and trainer.args.load_best_model_at_end
 
 
+def test_trainer_bar_follows_the_package_rule(base, processor, koto, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bar
+    assert make_musicgen_trainer(base, processor, koto, output_dir=str(tmp_path)).args.disable_tqdm is True
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert make_musicgen_trainer(base, processor, koto, output_dir=str(tmp_path)).args.disable_tqdm is False
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert make_musicgen_trainer(base, processor, koto, output_dir=str(tmp_path)).args.disable_tqdm is True
+
+
 def test_token_cross_entropy_plain_and_peft(base, processor, koto):
     base.train()
     result = token_cross_entropy(base, processor, koto, batch_size=3)
