@@ -5,6 +5,7 @@ Stages (``--stages``, comma separated, in this order by default):
   data        render the micro-world (musicpeft.tiny.world) into arrays under --work
   classifier  instrument classifier (log-mel/MFCC statistics + logistic regression)     ~8 min
   codec       tiny EnCodec (--codec-minutes + --codec-phase2-minutes, resumable)        18 + 10 min
+              (+ --codec-decoder-minutes: decoder alone, codes unchanged; off in v1)
   gate        codec gate: classifier accuracy on held-out originals vs round trips, chroma correlation
   musicgen    tiny MusicGen on the codec's codes of base-instrument captions              --musicgen-minutes
   clap        tiny CLAP, contrastive, all instruments incl. codec round trips             --clap-minutes
@@ -102,6 +103,12 @@ def stage_codec(args) -> None:
         metrics.update({"codec_phase2_steps": info2["step"], "codec_phase2_wall_s": round(info2["elapsed_s"], 1),
                         "codec_phase2_final_losses": info2.get("losses"), "codec_phase2_lr": args.codec_phase2_lr})
         log(f"codec phase 2: {info2['step']} steps, {info2['elapsed_s']:.0f}s")
+    if args.codec_decoder_minutes > 0:
+        model, info3 = train_codec(args.work, audio, args.codec_decoder_minutes, lr=args.codec_decoder_lr, log=log,
+                                   phase=3)
+        metrics.update({"codec_decoder_steps": info3["step"], "codec_decoder_wall_s": round(info3["elapsed_s"], 1),
+                        "codec_decoder_final_losses": info3.get("losses"), "codec_decoder_lr": args.codec_decoder_lr})
+        log(f"codec phase 3 (decoder only): {info3['step']} steps, {info3['elapsed_s']:.0f}s")
     model.save_pretrained(args.out / "codec")
     write_metrics(args.out, "codec", metrics)
 
@@ -340,6 +347,10 @@ def main(argv=None) -> None:
     parser.add_argument("--codec-phase2-minutes", type=float, default=10.0,
                         help="then fine-tune with log-spectral losses only (see musicpeft/tiny/recipes/codec.py)")
     parser.add_argument("--codec-phase2-lr", type=float, default=1e-3)
+    parser.add_argument("--codec-decoder-minutes", type=float, default=0.0,
+                        help="phase 3: train the decoder alone (codes, and MusicGen trained on them, stay valid); "
+                             "not part of the shipped v1 recipe")
+    parser.add_argument("--codec-decoder-lr", type=float, default=1e-3)
     parser.add_argument("--musicgen-minutes", type=float, default=14.0)
     parser.add_argument("--clap-minutes", type=float, default=10.0)
     parser.add_argument("--classifier-clips", type=int, default=200, help="train clips per instrument")

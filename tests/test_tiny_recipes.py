@@ -68,10 +68,29 @@ def test_save_checkpoint_is_safetensors_plus_json(tmp_path):
 
 
 def test_codec_phase2_needs_phase1_and_rvq_sees_loaded_codebooks(tmp_path):
-    with pytest.raises(FileNotFoundError, match="codec_ckpt.safetensors.*phase 2 needs phase 1"):
+    with pytest.raises(FileNotFoundError, match="codec_ckpt.safetensors.*phase 2 needs an earlier phase"):
         train_codec(tmp_path, np.zeros((2, 16000), np.float32), 0.01, phase=2)
     model = new_codec(0)
     rvq = EmaRvq(model)
     assert not rvq.ready
     model.quantizer.layers[0].codebook.cluster_size.fill_(1.0)  # what loading a trained checkpoint does
     assert rvq.ready
+
+
+def test_codec_decoder_phase_keeps_encoder_codebooks_and_codes(tmp_path):
+    """Phase 3 trains the decoder only, so the codes (and a MusicGen trained on them) stay valid."""
+    clips = np.random.default_rng(0).normal(0, 0.1, (4, 16000)).astype(np.float32)
+    with pytest.raises(FileNotFoundError, match="phase 3 needs an earlier phase"):
+        train_codec(tmp_path, clips, 0.01, phase=3)
+    with pytest.raises(ValueError, match="phase must be one of"):
+        train_codec(tmp_path, clips, 0.01, phase=4)
+    before, _ = train_codec(tmp_path, clips, 0.005, batch=2, crop=3200, log=lambda m: None)
+    after, info = train_codec(tmp_path, clips, 0.005, batch=2, crop=3200, lr=1e-2, log=lambda m: None, phase=3)
+    assert info["step"] >= 1 and (tmp_path / "codec_decoder_ckpt.safetensors").is_file()
+    b, a = before.state_dict(), after.state_dict()
+    decoder = [k for k in b if k.startswith("decoder.")]
+    assert all(torch.equal(b[k], a[k]) for k in b if not k.startswith("decoder."))
+    assert any(not torch.equal(b[k], a[k]) for k in decoder)
+    x = torch.from_numpy(clips[:1, None, :])
+    with torch.no_grad():
+        assert torch.equal(before.encode(x).audio_codes, after.encode(x).audio_codes)

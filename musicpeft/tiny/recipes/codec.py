@@ -207,6 +207,10 @@ def round_trip(model, audios: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+PHASE_CHECKPOINTS = {1: "codec_ckpt.safetensors", 2: "codec_phase2_ckpt.safetensors",
+                     3: "codec_decoder_ckpt.safetensors"}
+
+
 def train_codec(work, clips: np.ndarray, minutes: float, batch: int = 4, crop: int = SAMPLING_RATE,
                 lr: float = 2e-3, seed: int = 0, log=print, checkpoint_every_s: float = 120.0,
                 phase: int = 1):
@@ -214,23 +218,50 @@ def train_codec(work, clips: np.ndarray, minutes: float, batch: int = 4, crop: i
 
     The learning rate follows a cosine over the time budget, so a resumed run continues the same
     schedule. Phase 2 (``work/codec_phase2_ckpt.safetensors``) starts from phase 1's weights with
-    a fresh optimiser and :data:`PHASE2_WEIGHTS`. Returns the model (eval mode) with its codebooks.
+    a fresh optimiser and :data:`PHASE2_WEIGHTS`. Phase 3 (``work/codec_decoder_ckpt.safetensors``)
+    starts from the last earlier phase and trains the decoder alone with phase 2's losses: the encoder
+    and codebooks stay frozen, so every code, and a MusicGen trained on them, stays valid.
+    Returns the model (eval mode) with its codebooks.
     """
+    if phase not in PHASE_CHECKPOINTS:
+        raise ValueError(f"train_codec: phase must be one of {sorted(PHASE_CHECKPOINTS)}, got {phase!r}")
     work = Path(work)
-    ckpt = work / ("codec_ckpt.safetensors" if phase == 1 else "codec_phase2_ckpt.safetensors")
+    ckpt = work / PHASE_CHECKPOINTS[phase]
     weights = PHASE1_WEIGHTS if phase == 1 else PHASE2_WEIGHTS
     model = new_codec(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
-    if phase == 2 and not (ckpt.is_file() and ckpt.with_suffix(".json").is_file()):
-        if load_checkpoint(work / "codec_ckpt.safetensors", model, opt) is None:
-            raise FileNotFoundError(f"{work / 'codec_ckpt.safetensors'}: codec phase 2 needs phase 1's checkpoint")
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
+    if phase > 1 and not (ckpt.is_file() and ckpt.with_suffix(".json").is_file()):
+        earlier = [work / PHASE_CHECKPOINTS[k] for k in range(phase - 1, 0, -1)]
+        if not any(load_checkpoint(path, model, opt) is not None for path in earlier):
+            raise FileNotFoundError(f"{earlier[-1]}: codec phase {phase} needs an earlier phase's checkpoint")
+    trained = list(model.decoder.parameters()) if phase == 3 else list(model.parameters())
+    if phase > 1:
+        for param in model.parameters():
+            param.requires_grad_(phase != 3)
+        for param in trained:
+            param.requires_grad_(True)
+        opt = torch.optim.AdamW(trained, lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
     rvq = EmaRvq(model, seed=seed)
     losses = SpectralLoss()
 
     def step(rng: np.random.Generator):
-        return codec_step(model, rvq, losses, random_crops(clips, batch, crop, rng), weights=weights)
+        audio = random_crops(clips, batch, crop, rng)
+        if phase == 3:
+            return decoder_step(model, rvq, losses, audio, weights)
+        return codec_step(model, rvq, losses, audio, weights=weights)
 
     info = train_for_budget(ckpt, model, opt, step, minutes, Schedule(lr, floor=0.1), seed=seed, max_grad_norm=5.0,
-                            tag=f"codec phase {phase}", log=log, checkpoint_every_s=checkpoint_every_s)
+                            clip_params=trained, tag=f"codec phase {phase}", log=log,
+                            checkpoint_every_s=checkpoint_every_s)
     return model.eval(), info
+
+
+def decoder_step(model, rvq: EmaRvq, losses: SpectralLoss, audio: torch.Tensor, weights: dict[str, float]):
+    """:func:`codec_step` with the encoder and codebooks frozen (no gradient, no codebook update)."""
+    with torch.no_grad():
+        quantised, _, _ = rvq(model.encoder(audio[:, None, :]), train=False)
+    out = model.decoder(quantised)[:, 0, : audio.shape[1]]
+    parts = losses(audio, out)
+    parts["wav"] = F.l1_loss(out, audio)
+    total = sum(w * parts[k] for k, w in weights.items() if w and k != "commit")
+    return total, parts
