@@ -97,18 +97,14 @@ def stage_codec(args) -> None:
     metrics = {"codec_steps": info["step"], "codec_wall_s": round(info["elapsed_s"], 1),
                "codec_final_losses": info.get("losses"), "codec_parameters": sum(p.numel() for p in model.parameters())}
     log(f"codec phase 1: {info['step']} steps, {info['elapsed_s']:.0f}s")
-    if args.codec_phase2_minutes > 0:
-        model, info2 = train_codec(args.work, audio, args.codec_phase2_minutes, lr=args.codec_phase2_lr, log=log,
-                                   phase=2)
-        metrics.update({"codec_phase2_steps": info2["step"], "codec_phase2_wall_s": round(info2["elapsed_s"], 1),
-                        "codec_phase2_final_losses": info2.get("losses"), "codec_phase2_lr": args.codec_phase2_lr})
-        log(f"codec phase 2: {info2['step']} steps, {info2['elapsed_s']:.0f}s")
-    if args.codec_decoder_minutes > 0:
-        model, info3 = train_codec(args.work, audio, args.codec_decoder_minutes, lr=args.codec_decoder_lr, log=log,
-                                   phase=3)
-        metrics.update({"codec_decoder_steps": info3["step"], "codec_decoder_wall_s": round(info3["elapsed_s"], 1),
-                        "codec_decoder_final_losses": info3.get("losses"), "codec_decoder_lr": args.codec_decoder_lr})
-        log(f"codec phase 3 (decoder only): {info3['step']} steps, {info3['elapsed_s']:.0f}s")
+    later = ((2, "codec_phase2", args.codec_phase2_minutes, args.codec_phase2_lr, ""),
+             (3, "codec_decoder", args.codec_decoder_minutes, args.codec_decoder_lr, " (decoder only)"))
+    for phase, key, minutes, lr, what in later:
+        if minutes > 0:
+            model, info = train_codec(args.work, audio, minutes, lr=lr, log=log, phase=phase)
+            metrics.update({f"{key}_steps": info["step"], f"{key}_wall_s": round(info["elapsed_s"], 1),
+                            f"{key}_final_losses": info.get("losses"), f"{key}_lr": lr})
+            log(f"codec phase {phase}{what}: {info['step']} steps, {info['elapsed_s']:.0f}s")
     model.save_pretrained(args.out / "codec")
     write_metrics(args.out, "codec", metrics)
 
