@@ -169,15 +169,21 @@ def run_part_a(world, args, log) -> dict:
     return results
 
 
-def table_a(results: dict) -> list[str]:
-    rows = ["| method | trainable params | held-out CE ↓ | perplexity ↓ | KLD to held-out koto ↓ | CLAP score ↑ | "
-            "classifier: koto rate ↑ | P(koto) ↑ |", "|---|---:|---|---|---|---|---|---|"]
-    for method, runs in results.items():
-        def col(key, digits=3, runs=runs):
-            return cell([r[key] for r in runs], digits)
-        rows.append(f"| {method} | {runs[0]['trainable']:,} | {col('cross_entropy')} | {col('perplexity', 2)} | "
-                    f"{col('kld')} | {col('clap_score')} | {col('classifier_rate', 2)} | "
-                    f"{col('classifier_probability')} |")
+COLUMNS_A = (("held-out CE ↓", "cross_entropy", 3), ("perplexity ↓", "perplexity", 2),
+             ("KLD to held-out koto ↓", "kld", 3), ("CLAP score ↑", "clap_score", 3),
+             ("classifier: koto rate ↑", "classifier_rate", 2), ("P(koto) ↑", "classifier_probability", 3))
+COLUMNS_B = (("TA single ↑", "text_alignment", 3), ("AA single ↑", "audio_alignment", 3),
+             ("classifier: concept rate ↑", "classifier_rate", 2), ("TA two concepts ↑", "text_alignment_multi", 3),
+             ("AA two concepts ↑", "audio_alignment_multi", 3), ("ΔAA ↓", "delta_audio_alignment", 3))
+
+
+def table(results: dict, first: str, columns: tuple[tuple[str, str, int], ...]) -> list[str]:
+    """Markdown rows: one per method, mean ± standard deviation over seeds of each (title, key, digits) column."""
+    rows = [f"| {first} | trainable params | " + " | ".join(title for title, _, _ in columns) + " |",
+            "|---|---:|" + "---|" * len(columns)]
+    for label, runs in results.items():
+        cells = " | ".join(cell([r[key] for r in runs], digits) for _, key, digits in columns)
+        rows.append(f"| {label} | {runs[0]['trainable']:,} | {cells} |")
     return rows
 
 
@@ -236,18 +242,6 @@ def run_part_b(world, args, log) -> dict:
             log(f"B seed {seed} {recipe.label:>24}: TA {row['text_alignment']:.3f}  AA {row['audio_alignment']:.3f}  "
                 f"rate {row['classifier_rate']:.2f}  ΔAA {row['delta_audio_alignment']:.3f}  ({row['seconds']:.0f} s)")
     return results
-
-
-def table_b(results: dict) -> list[str]:
-    rows = ["| recipe | trainable params | TA single ↑ | AA single ↑ | classifier: concept rate ↑ | "
-            "TA two concepts ↑ | AA two concepts ↑ | ΔAA ↓ |", "|---|---:|---|---|---|---|---|---|"]
-    for label, runs in results.items():
-        def col(key, digits=3, runs=runs):
-            return cell([r[key] for r in runs], digits)
-        rows.append(f"| {label} | {runs[0]['trainable']:,} | {col('text_alignment')} | {col('audio_alignment')} | "
-                    f"{col('classifier_rate', 2)} | {col('text_alignment_multi')} | {col('audio_alignment_multi')} | "
-                    f"{col('delta_audio_alignment')} |")
-    return rows
 
 
 # --------------------------------------------------------------------------------------- paper checks
@@ -339,11 +333,11 @@ def render(results: dict, p: dict, header: str) -> tuple[str, list[tuple[str, st
     if "A" in results:
         lines += [f"### A. Adapting to koto ({p['train_clips']} training clips, {p['steps']} steps, batch "
                   f"{p['batch_size']}; {p['heldout_clips']} held-out clips; {p['generations']} generations)", "",
-                  *table_a(results["A"]), ""]
+                  *table(results["A"], "method", COLUMNS_A), ""]
     if "B" in results:
         lines += [f"### B. Two concepts, koto and shamisen ({p['concept_clips']} clips each, mask {p['mask_epochs']} "
                   f"epochs, {p['tuning_steps']} steps, batch {p['batch_size']}; {p['concept_prompts']} prompts per "
-                  "concept and for both)", "", *table_b(results["B"]), ""]
+                  "concept and for both)", "", *table(results["B"], "recipe", COLUMNS_B), ""]
     checks = claims(results)
     lines += ["### Paper directions", "", *claims_table(checks), ""]
     return "\n".join(lines), checks

@@ -26,7 +26,7 @@ def quality():
 def _report(path: Path, seed: int, ce: float, steps: int = 30) -> str:
     preset = {"seeds": 1, "steps": steps, "train_clips": 12, "heldout_clips": 6, "generations": 6, "batch_size": 6}
     row = {"seed": seed, "trainable": 10, "cross_entropy": ce, "perplexity": 2.0, "kld": 1.0, "clap_score": 0.1,
-           "classifier_rate": 0.0, "seconds": 60.0}
+           "classifier_rate": 0.0, "classifier_probability": 0.2, "seconds": 60.0}
     path.write_text(json.dumps({"preset": preset, "quick": True, "seconds": 60.0,
                                 "results": {"A": {"base": [row], "soft_prompt": [dict(row, cross_entropy=ce - 1)]}}}))
     return str(path)
@@ -38,6 +38,10 @@ def test_merge_concatenates_seeds_and_recomputes_spread(quality, tmp_path):
     assert [r["seed"] for r in results["A"]["base"]] == [0, 1]
     assert preset["seeds"] == 2 and seconds == 120.0 and quick
     assert quality.cell([r["cross_entropy"] for r in results["A"]["soft_prompt"]]) == "5.000 ± 1.414"
+    header, _, base, soft = quality.table(results["A"], "method", quality.COLUMNS_A)
+    assert header.startswith("| method | trainable params | held-out CE ↓ | perplexity ↓ |")
+    assert soft == "| soft_prompt | 10 | 5.000 ± 1.414 | 2.00 ± 0.00 | 1.000 ± 0.000 | 0.100 ± 0.000 | 0.00 ± 0.00 | " \
+                   "0.200 ± 0.000 |"
 
 
 def test_merge_refuses_repeated_seed_and_mixed_presets(quality, tmp_path):
