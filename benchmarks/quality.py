@@ -279,6 +279,9 @@ def claims(results: dict) -> list[tuple[str, str, str]]:
         for other in ("identifier tokens only", "cross-attn K/V + tokens", "5% random"):
             out.append((f"DreamStyler: pivotal 5% has a higher audio alignment than {other} ({other} -> pivotal)",
                         *verdict(b[other], piv, "audio_alignment", "higher")))
+        for other in ("identifier tokens only", "cross-attn K/V + tokens", "5% random"):
+            out.append((f"DreamStyler: pivotal 5% balances two concepts better, a lower ΔAA than {other} ({other} -> "
+                        "pivotal)", *verdict(b[other], piv, "delta_audio_alignment", "lower")))
         out.append(("DreamStyler: identifier tokens only keep a higher text alignment than pivotal 5% "
                     "(pivotal -> tokens only)", *verdict(piv, b["identifier tokens only"], "text_alignment", "higher")))
         others = [k for k in b if not k.startswith("base") and k != "full decoder"]
