@@ -298,13 +298,14 @@ def claims_table(rows: list[tuple[str, str, str]]) -> list[str]:
             *[f"| {c} | {v} | {ok if ok != 'no' else '**no**'} |" for c, v, ok in rows]]
 
 
-def merge_reports(paths: list[str]) -> tuple[dict, dict, float, bool]:
-    """(results, preset, summed seconds, quick) of several ``--json`` reports (or their ``.partial`` files).
+def merge_reports(paths: list[str]) -> tuple[dict, dict, float, bool, dict | None]:
+    """(results, preset, summed seconds, quick, learning rates) of several ``--json`` reports (or ``.partial`` files).
 
-    Rows of one method are concatenated; the runs must share a preset, and no seed may appear twice.
+    Rows of one method are concatenated; the runs must share a preset and learning rates (``.partial`` files
+    record none), and no seed may appear twice.
     """
     results: dict = {}
-    preset, seconds, quick = None, 0.0, None
+    preset, seconds, quick, rates = None, 0.0, None, None
     for path in paths:
         try:
             report = json.loads(open(path, encoding="utf-8").read())
@@ -317,6 +318,10 @@ def merge_reports(paths: list[str]) -> tuple[dict, dict, float, bool]:
             preset, quick = run_preset, report.get("quick")
         elif run_preset != preset:
             raise SystemExit(f"--merge: {path}: preset {run_preset} differs from the first report's {preset}")
+        if "learning_rates" in report:
+            if rates is not None and report["learning_rates"] != rates:
+                raise SystemExit(f"--merge: {path}: learning rates {report['learning_rates']} differ from {rates}")
+            rates = report["learning_rates"]
         seconds += float(report.get("seconds", 0.0))
         for part, methods in report["results"].items():
             for method, rows in methods.items():
@@ -327,7 +332,7 @@ def merge_reports(paths: list[str]) -> tuple[dict, dict, float, bool]:
                     raise SystemExit(f"--merge: {path}: part {part} '{method}' repeats seed(s) {twice}")
                 merged += rows
     seeds = {r["seed"] for methods in results.values() for rows in methods.values() for r in rows}
-    return results, {**preset, "seeds": len(seeds)}, seconds, bool(quick)
+    return results, {**preset, "seeds": len(seeds)}, seconds, bool(quick), rates
 
 
 def render(results: dict, p: dict, header: str) -> tuple[str, list[tuple[str, str, str]]]:
@@ -351,12 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
     from musicpeft.io import atomic_write_text
 
     if args.merge:
-        results, p, seconds, quick = merge_reports(args.merge)
+        results, p, seconds, quick, rates = merge_reports(args.merge)
         header = (f"Run: {'--quick' if quick else 'full'}, {p['seeds']} seeds merged from {len(args.merge)} runs "
                   f"({seconds / 60:.1f} min of wall time summed over the runs); mean ± standard deviation over seeds.")
     else:
         results, seconds = run(args)
         p, quick = args.preset, args.quick
+        rates = {k: getattr(args, k) for k in ("lr_soft_prompt", "lr_lora", "lr_full", "lr_weights", "lr_tokens")}
         header = (f"Run: {'--quick' if quick else 'full'}, {p['seeds']} seeds, {seconds / 60:.1f} min on "
                   f"{os.cpu_count()} CPU cores (torch threads {args.threads}); mean ± standard deviation over seeds.")
     text, checks = render(results, p, header)
@@ -365,8 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_text(args.markdown, text + "\n")
     report = {"preset": p, "quick": quick, "seconds": seconds, "results": results,
               "claims": [{"claim": c, "measured": v, "verdict": ok} for c, v, ok in checks],
-              "learning_rates": {k: getattr(args, k) for k in ("lr_soft_prompt", "lr_lora", "lr_full", "lr_weights",
-                                                               "lr_tokens")}}
+              "learning_rates": rates}
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2, default=float))
     return report
