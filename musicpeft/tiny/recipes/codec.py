@@ -171,16 +171,20 @@ PHASE2_WEIGHTS = {"stft": 1.0, "sc": 0.0, "mel": 1.0, "wav": 0.0, "commit": 0.25
 
 
 def codec_step(model, rvq: EmaRvq, losses: SpectralLoss, audio: torch.Tensor, train: bool = True,
-               weights: dict[str, float] = PHASE1_WEIGHTS):
-    """One forward pass on ``audio`` ``[B, L]``: (total loss, dict of parts)."""
-    x = audio[:, None, :]
-    latent = model.encoder(x)
-    quantised, _, commit = rvq(latent, train=train)
+               weights: dict[str, float] = PHASE1_WEIGHTS, frozen_encoder: bool = False):
+    """One forward pass on ``audio`` ``[B, L]``: (total loss, dict of parts).
+
+    ``frozen_encoder``: the encoder and codebooks run without gradients or codebook updates (phase 3), so
+    there is no commitment loss to learn from and the parts leave it out.
+    """
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
+        quantised, _, commit = rvq(model.encoder(audio[:, None, :]), train=train and not frozen_encoder)
     out = model.decoder(quantised)[:, 0, : audio.shape[1]]
     parts = losses(audio, out)
     parts["wav"] = F.l1_loss(out, audio)
-    parts["commit"] = commit
-    total = sum(w * parts[k] for k, w in weights.items() if w)
+    if not frozen_encoder:
+        parts["commit"] = commit
+    total = sum(w * parts[k] for k, w in weights.items() if w and k in parts)
     return total, parts
 
 
@@ -236,32 +240,18 @@ def train_codec(work, clips: np.ndarray, minutes: float, batch: int = 4, crop: i
             raise FileNotFoundError(f"{earlier[-1]}: codec phase {phase} needs an earlier phase's checkpoint")
     trained = list(model.decoder.parameters()) if phase == 3 else list(model.parameters())
     if phase > 1:
-        for param in model.parameters():
-            param.requires_grad_(phase != 3)
-        for param in trained:
-            param.requires_grad_(True)
+        model.requires_grad_(phase != 3)
+        model.decoder.requires_grad_(True)
         opt = torch.optim.AdamW(trained, lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
     rvq = EmaRvq(model, seed=seed)
     losses = SpectralLoss()
 
     def step(rng: np.random.Generator):
-        audio = random_crops(clips, batch, crop, rng)
-        if phase == 3:
-            return decoder_step(model, rvq, losses, audio, weights)
-        return codec_step(model, rvq, losses, audio, weights=weights)
+        return codec_step(model, rvq, losses, random_crops(clips, batch, crop, rng), weights=weights,
+                          frozen_encoder=phase == 3)
 
     info = train_for_budget(ckpt, model, opt, step, minutes, Schedule(lr, floor=0.1), seed=seed, max_grad_norm=5.0,
                             clip_params=trained, tag=f"codec phase {phase}", log=log,
                             checkpoint_every_s=checkpoint_every_s)
     return model.eval(), info
 
-
-def decoder_step(model, rvq: EmaRvq, losses: SpectralLoss, audio: torch.Tensor, weights: dict[str, float]):
-    """:func:`codec_step` with the encoder and codebooks frozen (no gradient, no codebook update)."""
-    with torch.no_grad():
-        quantised, _, _ = rvq(model.encoder(audio[:, None, :]), train=False)
-    out = model.decoder(quantised)[:, 0, : audio.shape[1]]
-    parts = losses(audio, out)
-    parts["wav"] = F.l1_loss(out, audio)
-    total = sum(w * parts[k] for k, w in weights.items() if w and k != "commit")
-    return total, parts
