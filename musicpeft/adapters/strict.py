@@ -10,7 +10,7 @@ weight is copied; `check_checkpoint` does the same for any peft method, given th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -21,16 +21,18 @@ def _shown(keys: list[str]) -> str:
 
 
 def check_checkpoint(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str = "The adapter file"
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str = "The adapter file",
+    file_keys: Iterable[str] | None = None,
 ) -> None:
     """Refuse a checkpoint whose keys differ from `expected`, or whose tensors do not fit (kind, shape, values).
 
     `expected` and `found` use the same key space (the file's, or the model's after remapping). Values
-    of `found` may be tensors or (dtype, shape) pairs read from a safetensors header.
+    of `found` may be tensors or (dtype, shape) pairs read from a safetensors header. `file_keys`: the
+    file's own key names, shown when weights are missing (default: the keys of `found`).
     """
     missing = sorted(k for k in expected if k not in found)
     if missing:
-        holds = ", ".join(sorted(found)[:5]) or "none"
+        holds = ", ".join(sorted(found if file_keys is None else file_keys)[:5]) or "none"
         raise ValueError(
             f"{source}: the adapter weights lack {_shown(missing)}; the file holds: {holds}. It does not belong "
             "to this adapter config."
@@ -67,12 +69,6 @@ def require_complete(model: nn.Module, adapter_name: str, remapped: dict, checkp
 
     prefixes = _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
     expected = _filter_state_dict_by_key_prefixes(model.state_dict(), prefixes)
-    missing = sorted(key for key in expected if key not in remapped)
-    if missing:
-        found = ", ".join(sorted(checkpoint_keys)[:5]) or "none"
-        raise ValueError(
-            f"The adapter weights lack {_shown(missing)}; the file holds: {found}. It does not belong to this "
-            "adapter config."
-        )
-    # Remapping passes keys that match no adapter tensor through unchanged, so these are the file's own names.
-    check_checkpoint(expected, remapped)
+    # Remapping passes keys that match no adapter tensor through unchanged, so unexpected keys are the file's own
+    # names; missing ones are listed beside the file's keys as written.
+    check_checkpoint(expected, remapped, file_keys=checkpoint_keys)

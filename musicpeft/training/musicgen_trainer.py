@@ -31,7 +31,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from ..families import MUSICGEN
 from ..io import atomic_write_text
 from .collator import MusicgenCollator, base_musicgen
 from .finite import check_finite_loss, finite_check_callback
-from .progress import progress_disabled
+from .progress import bars_off
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def _training_args(args: Any, with_eval: bool, early_stopping: bool, overrides: 
     if args is None:
         values = {**_DEFAULTS, **overrides}
         # The Trainer's bar follows the package's rule (training.progress): none in logs or with TQDM_DISABLE.
-        values.setdefault("disable_tqdm", bool(progress_disabled()) or not sys.stderr.isatty())
+        values.setdefault("disable_tqdm", bars_off())
         if with_eval:
             values.setdefault("eval_strategy", "epoch")
             if early_stopping and "save_strategy" not in overrides:

@@ -10,6 +10,7 @@ lines the commands print stay parsable.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +22,14 @@ _OFF = ("1", "true", "yes", "on")
 def progress_disabled() -> bool | None:
     """``True`` when ``TQDM_DISABLE`` switches bars off, else ``None`` (tqdm: off when stderr is no terminal)."""
     return True if os.environ.get("TQDM_DISABLE", "").strip().lower() in _OFF else None
+
+
+def bars_off() -> bool:
+    """Whether bars are off right now: ``TQDM_DISABLE`` set, or stderr not a terminal (the rule tqdm applies).
+
+    For tools that take a plain on/off switch instead of tqdm's ``disable=None`` (the Trainer's ``disable_tqdm``).
+    """
+    return bool(progress_disabled()) or not sys.stderr.isatty()
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str = "it",
