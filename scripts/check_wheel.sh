@@ -2,11 +2,17 @@
 # Build musicpeft's wheel, install it into a fresh venv (no source tree on the path) and use it as a user would:
 # the offline demo, an evaluation, and `musicpeft push` (model card template, results table, samples) against the
 # test suite's local Hub server (tests/hub, standard library only, run by the fresh venv's Python). Catches files that work from a checkout but are missing
-# from the wheel. Usage: bash scripts/check_wheel.sh [work folder, default: a temporary one]
+# from the wheel. Usage: bash scripts/check_wheel.sh [work folder, default: a temporary one, removed on success]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
-work="${1:-$(mktemp -d -t musicpeft-wheel-XXXXXX)}"
+if [ -n "${1:-}" ]; then
+  work="$1"
+else
+  # A temporary folder holds two venvs (about 2 GB): removed when the check passes, kept to inspect when it fails.
+  work="$(mktemp -d -t musicpeft-wheel-XXXXXX)"
+  trap 'code=$?; if [ "$code" -eq 0 ]; then rm -rf "$work"; else echo "check_wheel: failed; its files stay in $work" >&2; fi' EXIT
+fi
 mkdir -p "$work"
 started=$(date +%s)
 
