@@ -276,10 +276,11 @@ def claims(results: dict) -> list[tuple[str, str, str]]:
     b = results.get("B")
     if b:
         piv = b["pivotal 5%"]
-        for other in ("identifier tokens only", "cross-attn K/V + tokens", "5% random"):
+        baselines = ("identifier tokens only", "cross-attn K/V + tokens", "5% random")
+        for other in baselines:
             out.append((f"DreamStyler: pivotal 5% has a higher audio alignment than {other} ({other} -> pivotal)",
                         *verdict(b[other], piv, "audio_alignment", "higher")))
-        for other in ("identifier tokens only", "cross-attn K/V + tokens", "5% random"):
+        for other in baselines:
             out.append((f"DreamStyler: pivotal 5% balances two concepts better, a lower ΔAA than {other} ({other} -> "
                         "pivotal)", *verdict(b[other], piv, "delta_audio_alignment", "lower")))
         out.append(("DreamStyler: identifier tokens only keep a higher text alignment than pivotal 5% "
