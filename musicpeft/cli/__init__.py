@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import input_error_types
+from ..training.progress import library_bars_follow_rule
 from . import app, demo, evaluate, push, train
 from .arguments import OneLineErrorParser
 
@@ -46,9 +47,11 @@ def main(argv: Sequence[str] | None = None, raise_errors: bool | None = None) ->
     if unknown:  # reported by the subcommand, which names itself and its --help
         namespace.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if raise_errors:
-        return namespace.run(namespace)
+        with library_bars_follow_rule():
+            return namespace.run(namespace)
     try:
-        return namespace.run(namespace)
+        with library_bars_follow_rule():
+            return namespace.run(namespace)
     except input_error_types() as error:
         print(f"musicpeft {namespace.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

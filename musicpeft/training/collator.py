@@ -31,6 +31,7 @@ import torch
 
 from ..families.base import unwrap_peft
 from .encoding_cache import EncodingCache, audio_key, cached_encode, module_fingerprint
+from .progress import library_bars_follow_rule
 
 IGNORE_INDEX = -100
 
@@ -253,16 +254,17 @@ def precompute_codes(
     features["codes"] = datasets.Sequence(datasets.Sequence(datasets.Value("int16")))
     if not keep_audio:
         del features["audio"]
-    out = dataset.with_format("numpy", columns=["audio"], output_all_columns=True).map(
-        encode,
-        batched=True,
-        batch_size=batch_size,
-        remove_columns=None if keep_audio else ["audio"],
-        features=features,
-        # codes depend on the model's weights, which a fingerprint cannot see: never reuse a datasets cache
-        new_fingerprint=uuid.uuid4().hex,
-        load_from_cache_file=False,
-        desc="EnCodec codes",
-    )
+    with library_bars_follow_rule():  # the map's own bar, like the package's: none in logs
+        out = dataset.with_format("numpy", columns=["audio"], output_all_columns=True).map(
+            encode,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=None if keep_audio else ["audio"],
+            features=features,
+            # codes depend on the model's weights, which a fingerprint cannot see: never reuse a datasets cache
+            new_fingerprint=uuid.uuid4().hex,
+            load_from_cache_file=False,
+            desc="EnCodec codes",
+        )
     out.set_format("numpy", columns=[c for c in ("codes", "audio") if c in out.column_names], output_all_columns=True)
     return out
