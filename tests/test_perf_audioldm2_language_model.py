@@ -94,9 +94,32 @@ def test_perf_audioldm2_rows_measure_encode_generation_and_training():
     finally:
         sys.path.remove(benchmarks)
     result = perf.measure_audioldm2("soft_prompt", 1, 0)
+    assert result["train_seconds_of_audio"] == perf.AUDIOLDM2_TRAIN_SECONDS["tiny"]
     width = tiny_audioldm2_pipeline(seed=0).text_encoder_2.get_input_embeddings().weight.shape[1]
     assert result["trainable"] == 30 * width
     for key in ("encode_pair_ratios", "generate_pair_ratios", "train_step_s"):
         assert len(result[key]) == 1 and math.isfinite(result[key][0]) and result[key][0] > 0, key
     table = perf.audioldm2_table({"soft_prompt": result, perf.LORA_REFERENCE: result})
     assert "| `soft_prompt` | " in table and "1.00×" in table.splitlines()[-1]
+
+
+def test_the_published_shape_has_the_published_sizes():
+    """`perf.py --size small --audioldm2` times a pipeline of cvssp/audioldm2-music's shape (built on `meta`).
+
+    The model card gives a 350 M U-Net and 1.1 B in all; FLAN-T5-large's encoder and GPT2 base have known sizes.
+    """
+    import sys
+    from pathlib import Path
+
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        from audioldm2_shaped import audioldm2_shaped_components, component_sizes
+    finally:
+        sys.path.remove(benchmarks)
+    with torch.device("meta"):
+        sizes = component_sizes(audioldm2_shaped_components())
+    assert sizes["unet"] == pytest.approx(350e6, rel=0.03)
+    assert sizes["text_encoder_2"] == pytest.approx(341.2e6, rel=0.01)  # FLAN-T5-large encoder
+    assert sizes["language_model"] == pytest.approx(124.4e6, rel=0.01)  # GPT2 base
+    assert sum(sizes.values()) == pytest.approx(1.1e9, rel=0.05)
