@@ -318,6 +318,94 @@ def test_audiofolder_convention_and_bad_rows_skipped_by_name(tmp_path, caplog):
         load_audio_folder(tmp_path, sample_rate=SR)
 
 
+def _three_clips(folder):
+    """Three one-second wavs and their records: a caption, another caption with a tag, no caption at all."""
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        _write_wav(folder / f"{name}.wav", rng.uniform(-0.3, 0.3, size=SR).astype(np.float32), SR)
+    return [
+        {"file_name": "a.wav", "text": "a calm koto melody"},
+        {"file_name": "b.wav", "caption": "a fast koto melody", "genre": "folk"},
+        {"file_name": "c.wav"},
+    ]
+
+
+def test_metadata_csv_and_parquet_load_as_json_lines_do(tmp_path, caplog):
+    """The three metadata files of the datasets audiofolder convention give the same rows and the same skips."""
+    import csv
+    import json
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from musicpeft.data import find_metadata, load_audio_folder
+
+    loaded = {}
+    for kind in ("jsonl", "csv", "parquet"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        records = _three_clips(folder)
+        path = folder / f"metadata.{kind}"
+        if kind == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        elif kind == "csv":
+            with open(path, "w", newline="", encoding="utf-8-sig") as f:  # with a spreadsheet's byte-order mark
+                writer = csv.DictWriter(f, fieldnames=["file_name", "text", "caption", "genre"])
+                writer.writeheader()
+                writer.writerows(records)
+                f.write("\n")  # a trailing empty line is no row
+        else:
+            columns = ["file_name", "text", "caption", "genre"]  # missing values become nulls
+            pq.write_table(pa.table({c: [r.get(c) for r in records] for c in columns}), path)
+        assert find_metadata(folder) == path
+        with caplog.at_level(logging.WARNING, logger="musicpeft.data.dataset"):
+            caplog.clear()
+            ds = load_audio_folder(folder, sample_rate=SR, chunk_seconds=None)
+        # c.wav has no caption: named by its place, the file's line (the CSV's header is line 1) or the table's row
+        place = {"jsonl": 3, "csv": 4, "parquet": 3}[kind]
+        assert f"metadata.{kind}:{place}: caption_from_metadata" in caplog.text
+        loaded[kind] = ds
+    assert list(loaded["jsonl"]["text"]) == ["a calm koto melody", "a fast koto melody. genre: folk"]
+    for kind in ("csv", "parquet"):
+        assert list(loaded[kind]["text"]) == list(loaded["jsonl"]["text"]), kind
+        for row, expected in zip(loaded[kind], loaded["jsonl"], strict=True):
+            np.testing.assert_array_equal(row["audio"], expected["audio"])
+
+
+def test_metadata_files_refused_by_name(tmp_path, caplog):
+    import logging
+
+    from musicpeft.data import find_metadata, load_audio_folder, load_metadata
+
+    records = _three_clips(tmp_path)
+    assert find_metadata(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no metadata file .expected metadata.jsonl or metadata.csv"):
+        load_audio_folder(tmp_path, sample_rate=SR)
+    (tmp_path / "metadata.csv").write_text(
+        "file_name,text\n"
+        f"{records[0]['file_name']},{records[0]['text']}\n"
+        "b.wav,one value,too many\n"
+        "c.wav,a third melody\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="musicpeft.data.dataset"):
+        ds = load_audio_folder(tmp_path, sample_rate=SR, chunk_seconds=None)
+    assert list(ds["text"]) == ["a calm koto melody", "a third melody"]
+    assert "metadata.csv:3: 2 columns in the header, more values in this row" in caplog.text
+    with pytest.raises(ValueError, match="metadata.csv:3: 2 columns"):
+        load_metadata(tmp_path / "metadata.csv")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.wav", "text": "x"}\n')
+    with pytest.raises(ValueError, match="holds metadata.jsonl and metadata.csv; keep one metadata file"):
+        load_audio_folder(tmp_path, sample_rate=SR)
+    (tmp_path / "metadata.jsonl").unlink()
+    (tmp_path / "metadata.csv").unlink()
+    (tmp_path / "metadata.parquet").write_bytes(b"PAR1 but not parquet")
+    with pytest.raises(ValueError, match=r"metadata.parquet: not a readable Parquet file"):
+        load_audio_folder(tmp_path, sample_rate=SR)
+    with pytest.raises(ValueError, match=r"notes.txt: unknown metadata format '.txt'"):
+        load_metadata(tmp_path / "notes.txt")
+
+
 def test_make_rendered_dataset():
     from musicpeft.data import make_rendered_dataset
 

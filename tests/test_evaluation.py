@@ -228,7 +228,7 @@ def test_reference_folder_without_metadata_and_heldout_needing_it(inputs, tmp_pa
         sf.write(tmp_path / f"{i}.wav", clip, 2 * SR)  # stored at 32 kHz, read back at the model's 16 kHz
     clips, texts = load_clips(str(tmp_path), SR, 1.0, 0, "reference")
     assert texts is None and [len(c) for c in clips] == [SR // 2, SR // 2]
-    with pytest.raises(FileNotFoundError, match="heldout: .* has no metadata.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"heldout: .* has no metadata file \(metadata.jsonl, metadata.csv"):
         load_clips(str(tmp_path), SR, 1.0, 0, "heldout", need_text=True)
     _, heldout = load_clips(inputs["heldout"], SR, 1.0, 0, "heldout", need_text=True)
     assert heldout["text"] == ["a folk melody on koto"] * 2

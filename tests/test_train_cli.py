@@ -54,7 +54,8 @@ def test_constant_schedule_and_the_loss_history_in_the_summary(tmp_path):
         TrainArguments(base="tiny-musicgen", data="rendered:107:2", lr_scheduler_type="sometimes")
 
 
-def test_lora_preset_on_tiny_musicgen_from_a_folder(tmp_path):
+@pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv"])
+def test_lora_preset_on_tiny_musicgen_from_a_folder(tmp_path, metadata):
     data = tmp_path / "clips"
     data.mkdir()
     rate = 32000
@@ -62,7 +63,10 @@ def test_lora_preset_on_tiny_musicgen_from_a_folder(tmp_path):
         tone = 0.3 * np.sin(2 * np.pi * 220 * (i + 1) * np.arange(rate) / rate).astype(np.float32)
         sf.write(data / f"{i}.wav", tone, rate)
     records = [{"path": f"{i}.wav", "description": f"tone {i}"} for i in range(3)]
-    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if metadata == "metadata.jsonl":
+        (data / metadata).write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:  # the audiofolder convention's CSV: a header, then one row per file
+        (data / metadata).write_text("file_name,text\n" + "".join(f"{i}.wav,tone {i}\n" for i in range(3)))
     summary = train(tmp_path, "--base", "tiny-musicgen", "--data", str(data), "--method", "lora:attn",
                     "--eval-fraction", "0.3")
     assert (summary["train_clips"], summary["eval_clips"]) == (2, 1)
@@ -100,7 +104,7 @@ def test_bad_data_spec_is_refused_before_loading(tmp_path, data):
 
 
 def test_folder_without_metadata_and_bad_numbers(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no metadata.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"no metadata file \(metadata.jsonl, metadata.csv, metadata.parquet"):
         main(["train", "--base", "tiny-musicgen", "--data", str(tmp_path)])
     with pytest.raises(ValueError, match="eval_fraction must be in"):
         TrainArguments(base="tiny-musicgen", data="rendered:107:4", eval_fraction=1.0)

@@ -1,4 +1,4 @@
-"""Text prompts from music metadata records (JSON lines, as in the MusicGen fine-tuning paper).
+"""Text prompts from music metadata records (one per audio file, as in the MusicGen fine-tuning paper).
 
 Why: fine-tuning data comes as audio files plus one JSON object per file with fields such as
 ``key, artist, sample_rate, file_extension, description, duration, bpm, genre, title,
@@ -11,9 +11,7 @@ durations) describe the file, not the music, and never enter the prompt.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 
 # fields that describe the music, in prompt order; the description leads
@@ -58,37 +56,3 @@ def _name(record: Mapping) -> str:
         if record.get(key):
             return f"{key}={record[key]!r}"
     return repr(dict(record))[:200]
-
-
-def read_metadata_lines(path: str | os.PathLike) -> list[tuple[int, dict | None, str | None]]:
-    """``(line number, record or None, problem or None)`` for each non-empty line of a JSON-lines file.
-
-    A line that is not a JSON object comes back with its problem instead of stopping the whole file, so a
-    caller can skip it and say so.
-    """
-    rows: list[tuple[int, dict | None, str | None]] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                rows.append((number, None, f"{os.fspath(path)}:{number}: not valid JSON ({e.msg})"))
-                continue
-            if not isinstance(record, dict):
-                rows.append((number, None, f"{os.fspath(path)}:{number}: expected a JSON object, "
-                                           f"got {type(record).__name__}"))
-                continue
-            rows.append((number, record, None))
-    return rows
-
-
-def load_metadata(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines metadata file: one JSON object per non-empty line (the first bad line raises)."""
-    records = []
-    for _, record, problem in read_metadata_lines(path):
-        if problem is not None:
-            raise ValueError(problem)
-        records.append(record)
-    return records

@@ -16,7 +16,8 @@ from typing import Literal
 import numpy as np
 
 from . import audio as audio_utils
-from .captions import caption_from_metadata, read_metadata_lines
+from .captions import caption_from_metadata
+from .metadata import METADATA_FILES, find_metadata, read_metadata_lines
 from .render import render_clips
 
 log = logging.getLogger(__name__)
@@ -71,28 +72,31 @@ def _load_row(folder: Path, record: dict, meta_path: Path, line: int, sample_rat
 
 def load_audio_folder(
     folder: str | os.PathLike,
-    metadata: str = "metadata.jsonl",
+    metadata: str | None = None,
     sample_rate: int = 32000,
     chunk_seconds: float | None = 30.0,
     remainder: Literal["drop", "pad", "keep"] = "drop",
     normalize: Literal["peak", "loudness", "none"] = "peak",
     trim_silence: bool = False,
 ):
-    """Load every file listed in ``folder/metadata`` (JSON lines) as mono ``sample_rate`` chunks.
+    """Load every file listed in the folder's metadata as mono ``sample_rate`` chunks.
 
-    Each record names its file in ``file_name`` (the datasets ``audiofolder`` convention) or ``path``
-    (audiocraft's) and gets its prompt from :func:`caption_from_metadata` (``text``, ``caption`` or
-    ``description`` plus musical tags); every chunk of a file carries that prompt. ``chunk_seconds=None``
-    keeps whole files. A file shorter than one chunk yields nothing under ``remainder="drop"``.
+    The metadata is ``folder/metadata`` when given, else whichever of ``metadata.jsonl``, ``metadata.csv`` and
+    ``metadata.parquet`` (the datasets ``audiofolder`` names) the folder holds. Each record names its file in
+    ``file_name`` (the datasets ``audiofolder`` convention) or ``path`` (audiocraft's) and gets its prompt from
+    :func:`caption_from_metadata` (``text``, ``caption`` or ``description`` plus musical tags); every chunk of a
+    file carries that prompt. ``chunk_seconds=None`` keeps whole files. A file shorter than one chunk yields
+    nothing under ``remainder="drop"``.
 
-    A row that cannot be used (bad JSON, no file name or caption, a missing or unreadable file, NaN/Inf
+    A row that cannot be used (bad JSON or CSV, no file name or caption, a missing or unreadable file, NaN/Inf
     samples) is skipped and reported by name in a warning, so one bad file never stops a run; the
     dataset's ``info.description`` lists them too. No usable chunk at all is an error listing why.
     """
     folder = Path(folder)
-    meta_path = folder / metadata
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no metadata file (expected JSON lines, one record per audio file)")
+    meta_path = folder / metadata if metadata is not None else find_metadata(folder)
+    if meta_path is None or not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path or folder}: no metadata file (expected {' or '.join(METADATA_FILES)}, "
+                                "one record per audio file)")
     if normalize not in ("peak", "loudness", "none"):
         raise ValueError(f"load_audio_folder: normalize must be 'peak', 'loudness' or 'none', got {normalize!r}")
     audios: list[np.ndarray] = []

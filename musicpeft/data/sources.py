@@ -11,6 +11,7 @@ import numpy as np
 
 from .audio import load_audio
 from .dataset import load_audio_folder, make_rendered_dataset
+from .metadata import METADATA_FILES, find_metadata
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
 
@@ -40,23 +41,23 @@ def check_source(spec: str, what: str) -> None:
 def load_clips(spec: str, sampling_rate: int, seconds: float, seed: int, what: str, need_text: bool = False):
     """Audio for ``reference`` / ``heldout`` at the model's rate: ``(clips, texts or None)``.
 
-    A folder with ``metadata.jsonl`` goes through :func:`~musicpeft.data.dataset.load_audio_folder`
-    (whole files as recorded, no normalisation; held-out files in chunks of at most 30 s); without
-    one, every audio file in it is read (only for the reference: cross-entropy needs prompts). The
-    second item is the dataset with the clips' captions (``text``) when the source has them (a
-    ``metadata.jsonl`` folder or rendered clips), else None.
+    A folder with a metadata file (``metadata.jsonl``, ``.csv`` or ``.parquet``) goes through
+    :func:`~musicpeft.data.dataset.load_audio_folder` (whole files as recorded, no normalisation; held-out
+    files in chunks of at most 30 s); without one, every audio file in it is read (only for the reference:
+    cross-entropy needs prompts). The second item is the dataset with the clips' captions (``text``) when the
+    source has them (a folder with metadata or rendered clips), else None.
     """
     rendered = parse_rendered(spec, what)
     if rendered is not None:
         program, n = rendered
         data = make_rendered_dataset(n, seconds, sampling_rate, program=program, seed=seed)
-    elif os.path.isfile(os.path.join(spec, "metadata.jsonl")):
+    elif find_metadata(spec) is not None:
         data = load_audio_folder(spec, sample_rate=sampling_rate, chunk_seconds=30.0 if need_text else None,
                                  remainder="keep", normalize="none")
     elif need_text:
         raise FileNotFoundError(
-            f"{what}: {spec} has no metadata.jsonl; token cross-entropy needs each clip's prompt "
-            "(one JSON object per file with 'path' and 'description')"
+            f"{what}: {spec} has no metadata file ({', '.join(METADATA_FILES)}); token cross-entropy needs each "
+            "clip's prompt (one record per file with 'file_name' or 'path' and a caption such as 'text')"
         )
     else:
         files = sorted(name for name in os.listdir(spec) if name.lower().endswith(AUDIO_EXTENSIONS))

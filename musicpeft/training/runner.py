@@ -25,6 +25,7 @@ from transformers import SchedulerType
 
 from ..api import add_adapter, save_adapter
 from ..data.dataset import load_audio_folder, make_rendered_dataset
+from ..data.metadata import METADATA_FILES, find_metadata
 from ..data.sources import parse_rendered
 from ..errors import ResumeError
 from ..families import (
@@ -214,9 +215,9 @@ def _check_inputs(args: TrainArguments) -> str:
     if parse_rendered(args.data, "data") is None:
         if not os.path.isdir(args.data):
             raise FileNotFoundError(f"data: {args.data!r} is neither a folder nor 'rendered:<program>:<n>'")
-        if not os.path.isfile(os.path.join(args.data, "metadata.jsonl")):
-            raise FileNotFoundError(f"data: {args.data} has no metadata.jsonl (one JSON object per audio file with "
-                                    "'file_name' or 'path' and a caption such as 'text' or 'description')")
+        if find_metadata(args.data) is None:
+            raise FileNotFoundError(f"data: {args.data} has no metadata file ({', '.join(METADATA_FILES)}: one "
+                                    "record per audio file with 'file_name' or 'path' and a caption such as 'text')")
     check_output_dir(args.output_dir, args.overwrite)
     output = os.path.abspath(args.output_dir) + os.sep
     for name in ("data", "resume"):
