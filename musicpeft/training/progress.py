@@ -42,7 +42,6 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
                 dynamic_ncols=True)
 
 
-
 def _quietly(switch: Callable[[], None]) -> None:
     with warnings.catch_warnings():  # a library's environment variable may pin its bars: that choice wins
         warnings.simplefilter("ignore")
