@@ -41,8 +41,13 @@ about 7 minutes of one core's CPU time; `full_ft` is left out at that size unles
 Work per child: the training warm-up step and `repeats` timed steps; per generating player (the method and
 its base copy) and guidance scale, one 2-token warm-up and `repeats` timed generations.
 
+AudioLDM2 (`--audioldm2`; `--audioldm2-only` skips MusicGen): base, soft prompt and LoRA on the tiny
+pipeline (`--size tiny`) or on one shaped like cvssp/audioldm2-music (`--size small`, random weights, see
+`benchmarks/audioldm2_shaped.py`; its training step runs on 10.24 s of audio).
+
     .venv/bin/python benchmarks/perf.py --size tiny
     nice -n 10 .venv/bin/python benchmarks/perf.py --size small --json perf-small.json
+    nice -n 10 .venv/bin/python benchmarks/perf.py --size small --audioldm2-only
 """
 
 from __future__ import annotations
