@@ -41,7 +41,8 @@ about 7 minutes of one core's CPU time; `full_ft` is left out at that size unles
 Work per child: the training warm-up step and `repeats` timed steps; per generating player (the method and
 its base copy) and guidance scale, one 2-token warm-up and `repeats` timed generations.
 
-AudioLDM2 (`--audioldm2`; `--audioldm2-only` skips MusicGen): base, soft prompt and LoRA on the tiny
+AudioLDM2 (`--audioldm2`; `--audioldm2-only` skips MusicGen): base, soft prompt, concept tokens, unmerged
+pivotal and LoRA on the tiny
 pipeline (`--size tiny`) or on one shaped like cvssp/audioldm2-music (`--size small`, random weights, see
 `benchmarks/audioldm2_shaped.py`; its training step runs on 10.24 s of audio).
 
@@ -438,7 +439,7 @@ def _quiet(fn) -> None:
 
 # ---------------------------------------------------------------------------------------------- AudioLDM2
 
-AUDIOLDM2_METHODS = ("base", "soft_prompt", LORA_REFERENCE)
+AUDIOLDM2_METHODS = ("base", "soft_prompt", "concept_tokens", "pivotal_unmerged", LORA_REFERENCE)
 AUDIOLDM2_STEPS = 4  # denoising steps per timed pipeline call (the tiny U-Net; the ratio is per call)
 
 
@@ -474,23 +475,31 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
 
     pipe = audioldm2_pipeline(size, seed)
     reference = copy.deepcopy(pipe)
-    if name == "soft_prompt":
-        musicpeft.add_adapter(pipe, musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30))
-    elif name == LORA_REFERENCE:
-        musicpeft.add_adapter(pipe, lora_config(pipe, "attn", r=LORA_RANK))
+    configs = {
+        "soft_prompt": lambda: musicpeft.SoftMusicPromptConfig(num_virtual_tokens=30),
+        "concept_tokens": lambda: musicpeft.ConceptIdentifierConfig(concepts=["koto"]),
+        "pivotal_unmerged": lambda: musicpeft.PivotalMaskConfig(
+            concepts=["koto"], stage="tune", selection="random", percent=PIVOTAL_PERCENT, selection_seed=0
+        ),
+        LORA_REFERENCE: lambda: lora_config(pipe, "attn", r=LORA_RANK),
+    }
+    if name in configs:
+        musicpeft.add_adapter(pipe, configs[name]())
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     cpu = torch.device("cpu")
+    # As for MusicGen: the concept methods' prompt names `<koto>`; the base knows no identifier tokens.
+    text = CONCEPT_TEXT if name in ("concept_tokens", "pivotal_unmerged") else TEXT
 
     def encode(p: Any) -> None:
         with torch.no_grad():
-            p.encode_prompt([TEXT], cpu, 1, True)
+            p.encode_prompt([text if p is pipe else TEXT], cpu, 1, True)
 
     def generate(p: Any) -> None:
         with torch.no_grad():
             p(
-                [TEXT],
+                [text if p is pipe else TEXT],
                 audio_length_in_s=1.0,
                 guidance_scale=GUIDANCE,
                 num_inference_steps=AUDIOLDM2_STEPS,
@@ -523,7 +532,7 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
             latent_cache = latent_cache_for(pipe, cache_dir)
 
             def step() -> None:
-                diffusion_loss(pipe, waveform, [TEXT], scheduler, latent_cache=latent_cache).mean().backward()
+                diffusion_loss(pipe, waveform, [text], scheduler, latent_cache=latent_cache).mean().backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -902,7 +911,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--audioldm2",
         action="store_true",
-        help="also compare base, soft prompt and LoRA on AudioLDM2 (`--size tiny`: the tiny pipeline; `small`: the "
+        help="also compare base, soft prompt, concept tokens, unmerged pivotal and LoRA on AudioLDM2 (`--size tiny`: "
+        "the tiny pipeline; `small`: the "
         "cvssp/audioldm2-music shape of benchmarks/audioldm2_shaped.py, random weights)",
     )
     parser.add_argument(
