@@ -97,10 +97,12 @@ def test_perf_audioldm2_rows_measure_encode_generation_and_training():
     assert result["train_seconds_of_audio"] == perf.AUDIOLDM2_TRAIN_SECONDS["tiny"]
     width = tiny_audioldm2_pipeline(seed=0).text_encoder_2.get_input_embeddings().weight.shape[1]
     assert result["trainable"] == 30 * width
-    for key in ("encode_pair_ratios", "generate_pair_ratios", "train_step_s"):
+    for key in ("encode_pair_ratios", "generate_pair_ratios", "train_step_s", "train_step_lora_s", "train_pair_ratios"):
         assert len(result[key]) == 1 and math.isfinite(result[key][0]) and result[key][0] > 0, key
-    table = perf.audioldm2_table({"soft_prompt": result, perf.LORA_REFERENCE: result})
-    assert "| `soft_prompt` | " in table and "1.00×" in table.splitlines()[-1]
+    assert result["train_pair_ratios"][0] == result["train_step_s"][0] / result["train_step_lora_s"][0]
+    row = perf.audioldm2_table({"soft_prompt": result}).splitlines()[-1]
+    assert row.startswith("| `soft_prompt` | ") and row.endswith(f"| {result['train_pair_ratios'][0]:.2f}× "
+                                                               f"({result['train_step_s'][0] * 1000:.0f} ms) |")
 
 
 def test_the_published_shape_has_the_published_sizes():
