@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from typing import Any
 
 import safetensors.torch
@@ -34,8 +35,12 @@ from .manifest import write_manifest
 from .rollback import restore_on_error
 from .strict import check_checkpoint
 
-
 # -- attaching ---------------------------------------------------------------------------------------------
+# peft 0.21 reads `model.is_gradient_checkpointing` for every new PeftModel, and transformers >= 5.23 answers with
+# a FutureWarning about that attribute: noise naming an API the caller never used, so it is hidden here only.
+_PEFT_READS_DEPRECATED = r"`is_gradient_checkpointing` is deprecated"
+
+
 def attach(host: Host, target: str, config: PeftConfig, adapter_name: str) -> tuple[PeftModel, bool]:
     """Attach a new adapter to one target of a host; returns its PeftModel and whether that PeftModel is new.
 
@@ -49,7 +54,8 @@ def attach(host: Host, target: str, config: PeftConfig, adapter_name: str) -> tu
             raise ValueError(f"{owner} named {adapter_name!r} already exists; pick another adapter_name.")
         peft_model.add_adapter(adapter_name, config)
         return peft_model, False
-    with host.attaching(target):
+    with host.attaching(target), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_READS_DEPRECATED, category=FutureWarning)
         peft_model = get_peft_model(host.module(target), config, adapter_name=adapter_name)
     host.record(target, peft_model)
     return peft_model, True
