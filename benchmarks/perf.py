@@ -42,9 +42,9 @@ Work per child: the training warm-up step and `repeats` timed steps; per generat
 its base copy) and guidance scale, one 2-token warm-up and `repeats` timed generations.
 
 AudioLDM2 (`--audioldm2`; `--audioldm2-only` skips MusicGen): base, soft prompt, concept tokens, unmerged
-pivotal and LoRA on the tiny
-pipeline (`--size tiny`) or on one shaped like cvssp/audioldm2-music (`--size small`, random weights, see
-`benchmarks/audioldm2_shaped.py`; its training step runs on 10.24 s of audio).
+pivotal and LoRA on the tiny pipeline (`--size tiny`) or on one shaped like cvssp/audioldm2-music
+(`--size small`, random weights, see `benchmarks/audioldm2_shaped.py`; its training step runs on 10.24 s of
+audio), each timed in pairs in one process: generation against a copy of the base, training against LoRA.
 
     .venv/bin/python benchmarks/perf.py --size tiny
     nice -n 10 .venv/bin/python benchmarks/perf.py --size small --json perf-small.json
@@ -462,10 +462,10 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
 
     Times (CPU seconds, paired and interleaved as for MusicGen): `encode_prompt` with guidance (the text
     encoders, the projection and GPT2's 8 new states, conditional and negative), a whole pipeline call with
-    guidance 3 (`AUDIOLDM2_STEPS` denoising steps, 1 s of audio), and a training step (`diffusion_loss`,
-    backward, AdamW) on `AUDIOLDM2_TRAIN_SECONDS` of audio for the adapted methods. The clip's VAE latents
-    come from the on-disk cache that `musicpeft train` keeps (filled by the warm-up step), as in every epoch
-    after the first: the step is text encoders, U-Net and optimizer.
+    guidance 3 (`AUDIOLDM2_STEPS` denoising steps, 1 s of audio), and, for the adapted methods, a training step
+    (`diffusion_loss`, backward, AdamW) on `AUDIOLDM2_TRAIN_SECONDS` of audio, paired with stock LoRA's step on
+    the copy. The clip's VAE latents come from the on-disk cache that `musicpeft train` keeps (filled by the
+    warm-up step), as in every epoch after the first: the step is text encoders, U-Net and optimizer.
     """
     import torch
 
@@ -934,8 +934,8 @@ def main(argv: list[str] | None = None) -> int:
         "--audioldm2",
         action="store_true",
         help="also compare base, soft prompt, concept tokens, unmerged pivotal and LoRA on AudioLDM2 (`--size tiny`: "
-        "the tiny pipeline; `small`: the "
-        "cvssp/audioldm2-music shape of benchmarks/audioldm2_shaped.py, random weights)",
+        "the tiny pipeline; `small`: the cvssp/audioldm2-music shape of benchmarks/audioldm2_shaped.py, random "
+        "weights)",
     )
     parser.add_argument(
         "--audioldm2-only", action="store_true", help="only the AudioLDM2 comparison (implies --audioldm2)"
