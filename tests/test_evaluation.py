@@ -234,6 +234,17 @@ def test_reference_folder_without_metadata_and_heldout_needing_it(inputs, tmp_pa
     assert heldout["text"] == ["a folk melody on koto"] * 2
 
 
+def test_a_clap_model_that_cannot_load_names_the_flag_and_what_works_offline(tmp_path):
+    from musicpeft.evaluation.runner import _clap_backend
+
+    for source in (str(tmp_path / "no-clap-here"), "laion/larger_clap_music"):  # the suite runs offline
+        args = EvaluateArguments(base="tiny-musicgen", adapters=["a"], prompts="p.json", reference="rendered:107:2",
+                                 clap_model=source)
+        expected = rf"(?s)clap_model: cannot load '{source}' .*pass --clap-model a local folder, a LAION-CLAP"
+        with pytest.raises(OSError, match=expected + r" checkpoint file or 'tiny-trained'"):
+            _clap_backend(args, "cpu")
+
+
 def test_unreachable_adapter_fails_before_loading(inputs):
     with pytest.raises(musicpeft.AdapterFileError, match="adapters: nothing=nobody/nothing: "):
         main(["evaluate", "--base", "tiny-musicgen", "--adapters", "nobody/nothing", "--prompts", inputs["prompts"],

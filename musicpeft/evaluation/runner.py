@@ -185,7 +185,12 @@ def _clap_backend(args: EvaluateArguments, device: str):
         return backend
     if args.clap_model == TINY_CLAP_TRAINED:
         return load_clap_backend(trained_clap_path(), device=device, batch_size=args.batch_size, seed=args.seed)
-    return load_clap_backend(args.clap_model, device=device, batch_size=args.batch_size, seed=args.seed)
+    try:
+        return load_clap_backend(args.clap_model, device=device, batch_size=args.batch_size, seed=args.seed)
+    except OSError as error:  # the default is a Hub id: say what works offline
+        raise OSError(f"clap_model: cannot load {args.clap_model!r} ({error}); without the Hub, pass --clap-model a "
+                      f"local folder, a LAION-CLAP checkpoint file or {TINY_CLAP_TRAINED!r} (the shipped tiny CLAP)"
+                      ) from error
 
 
 def _check_inputs(args: EvaluateArguments) -> tuple[PromptSet, dict[str, str]]:
