@@ -470,7 +470,7 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
     import torch
 
     import musicpeft
-    from musicpeft.training.diffusion import _noise_scheduler, diffusion_loss, latent_cache_for
+    from musicpeft.training.diffusion import _noise_scheduler, diffusion_loss, latent_cache_for, resolve_trainable
     from musicpeft.training.presets import lora_config
 
     pipe = audioldm2_pipeline(size, seed)
@@ -485,9 +485,13 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
     }
     if name in configs:
         musicpeft.add_adapter(pipe, configs[name]())
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
+
+    def eval_mode(p: Any) -> None:  # an attached adapter's new layers start in training mode
+        for component in p.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()
+
+    eval_mode(pipe)
     cpu = torch.device("cpu")
     # As for MusicGen: the concept methods' prompt names `<koto>`; the base knows no identifier tokens.
     text = CONCEPT_TEXT if name in ("concept_tokens", "pivotal_unmerged") else TEXT
@@ -513,13 +517,7 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
         out[f"{kind}_s"] = [a for a, _ in pairs]
         out[f"{kind}_pair_ratios"] = [a / b for a, b in pairs]
     # The base trains nothing (the tiny pipeline's modules are not frozen until an adapter is attached).
-    params = [
-        p
-        for module in pipe.components.values()
-        if isinstance(module, torch.nn.Module) and name != "base"
-        for p in module.parameters()
-        if p.requires_grad
-    ]
+    params = [] if name == "base" else list(resolve_trainable(pipe).values())
     out["trainable"] = sum(p.numel() for p in params)
     if params:
         scheduler = _noise_scheduler(pipe)
@@ -531,19 +529,10 @@ def measure_audioldm2(name: str, repeats: int, seed: int, size: str = "tiny") ->
         # LoRA, and the two step in turn, so each pair sees the same machine load (steps of separate processes
         # differed by up to 30 % from run to run). In the LoRA child it is LoRA against LoRA: the noise.
         musicpeft.add_adapter(reference, lora_config(reference, "attn", r=LORA_RANK))
-        lora_params = [
-            p
-            for module in reference.components.values()
-            if isinstance(module, torch.nn.Module)
-            for p in module.parameters()
-            if p.requires_grad
-        ]
-        for component in reference.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.eval()
+        eval_mode(reference)
         players = {
             "method": (pipe, text, torch.optim.AdamW(params, lr=1e-5)),
-            "lora": (reference, TEXT, torch.optim.AdamW(lora_params, lr=1e-5)),
+            "lora": (reference, TEXT, torch.optim.AdamW(resolve_trainable(reference).values(), lr=1e-5)),
         }
         with tempfile.TemporaryDirectory(prefix="perf-latents-") as cache_dir:
             caches = {who: latent_cache_for(p, cache_dir) for who, (p, _, _) in players.items()}
