@@ -46,12 +46,11 @@ def main(argv: Sequence[str] | None = None, raise_errors: bool | None = None) ->
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the subcommand, which names itself and its --help
         namespace.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if raise_errors:
-        with library_bars_follow_rule():
+    with library_bars_follow_rule():
+        if raise_errors:
             return namespace.run(namespace)
-    try:
-        with library_bars_follow_rule():
+        try:
             return namespace.run(namespace)
-    except input_error_types() as error:
-        print(f"musicpeft {namespace.command}: error: {_one_line(error)}", file=sys.stderr)
-        return 2
+        except input_error_types() as error:
+            print(f"musicpeft {namespace.command}: error: {_one_line(error)}", file=sys.stderr)
+            return 2
