@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import input_error_types
+from ..families.musicgen_config_notes import musicgen_config_notes_hidden
 from ..training.progress import library_bars_follow_rule
 from . import app, demo, evaluate, push, train
 from .arguments import OneLineErrorParser
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None, raise_errors: bool | None = None) ->
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the subcommand, which names itself and its --help
         namespace.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    with library_bars_follow_rule():
+    with library_bars_follow_rule(), musicgen_config_notes_hidden():
         if raise_errors:
             return namespace.run(namespace)
         try:

@@ -61,7 +61,10 @@ def tiny_musicgen_config(text_width: int = 32, decoder_width: int = 32, num_code
         audio_channels=1,
         initializer_factor=0.1,  # std 0.1 rather than 0.02, so a random decoder listens to its text
     )
-    cfg = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
+    from ..families.musicgen_config_notes import musicgen_config_notes_hidden  # lazy: families import this module
+
+    with musicgen_config_notes_hidden():
+        cfg = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     cfg.decoder_start_token_id = 64
     cfg.pad_token_id = 64
     return cfg

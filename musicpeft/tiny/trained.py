@@ -39,8 +39,11 @@ def _folder(name: str) -> str:
 
 def _load(name: str, model_cls, processor_cls=None):
     """``model_cls.from_pretrained`` (eval mode) of the shipped folder, with its processor when one is asked for."""
+    from ..families.musicgen_config_notes import musicgen_config_notes_hidden  # lazy: families import this module
+
     path = _folder(name)
-    model = model_cls.from_pretrained(path, local_files_only=True).eval()
+    with musicgen_config_notes_hidden():
+        model = model_cls.from_pretrained(path, local_files_only=True).eval()
     if processor_cls is None:
         return model
     return model, processor_cls.from_pretrained(path, local_files_only=True)
