@@ -165,9 +165,9 @@ def test_adapters_do_not_cross_families(tmp_path):
     pipe = tiny_audioldm2_pipeline()
     musicpeft.add_adapter(pipe, SoftMusicPromptConfig(num_virtual_tokens=2))
     musicpeft.save_adapter(pipe, pipe_dir)
-    with pytest.raises(AdapterFileError, match="for the 'musicgen' family; this is a audioldm2"):
+    with pytest.raises(AdapterFileError, match="for the 'musicgen' family, but the base is of the 'audioldm2' family"):
         musicpeft.load_adapter(tiny_audioldm2_pipeline(), musicgen_dir)
-    with pytest.raises(AdapterFileError, match="for the 'audioldm2' family; this is a musicgen"):
+    with pytest.raises(AdapterFileError, match="for the 'audioldm2' family, but the base is of the 'musicgen' family"):
         musicpeft.load_adapter(tiny_musicgen(), pipe_dir)
     # Without the manifest, the config's own family record still stops it.
     os.remove(pipe_dir / "musicpeft_adapter.json")

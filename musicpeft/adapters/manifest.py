@@ -46,8 +46,8 @@ def read_manifest(folder: str, family: ModelFamily, *, per_component: bool) -> d
         raise AdapterFileError(f"{path}: expected a JSON object with a string 'family', got {manifest!r:.200}.")
     if manifest["family"] != family.name:
         raise AdapterFileError(
-            f"{folder} holds an adapter for the {manifest.get('family')!r} family; this is a {family.name} "
-            "model. Load it onto a model of its own family."
+            f"{folder} holds an adapter for the {manifest.get('family')!r} family, but the base is of the "
+            f"{family.name!r} family. Load it onto a model of its own family."
         )
     components = manifest.get("components", {})
     if not isinstance(components, dict) or not all(
