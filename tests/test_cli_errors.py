@@ -9,6 +9,7 @@ import pytest
 
 from musicpeft.cli import main
 
+EXAMPLE_PROMPTS = os.path.join(os.path.dirname(__file__), "..", "examples", "prompts", "four_groups.json")
 BAD_FLAGS = [
     ("demo", ["--steps", "many"], "argument --steps: invalid int value: 'many'"),
     ("train", ["--base", "tiny-musicgen", "--data", "rendered:107:2", "--batch-size", "x"], "--batch-size"),
@@ -53,10 +54,13 @@ def bad_inputs(tmp_path):
         ("evaluate", ["--base", "tiny-musicgen", "--adapters", "a", "--prompts", str(tmp_path / "missing.json"),
                       "--reference", "rendered:107:2"], "missing.json"),
         ("push", ["--folder", str(not_adapter), "--repo-id", "user/x"], "not an adapter folder"),
+        ("train", ["--base", str(tmp_path / "no-such-model"), "--data", "rendered:107:2"], "base: ", "no such folder"),
+        ("evaluate", ["--base", "someone/not-cached", "--adapters", "a", "--prompts", str(EXAMPLE_PROMPTS),
+                      "--reference", "rendered:107:2"], "base: ", "tiny-musicgen-trained"),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(8))
 def test_bad_files_print_one_line_and_exit_2(tmp_path, capsys, case):
     command, argv, *needles = bad_inputs(tmp_path)[case]
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}

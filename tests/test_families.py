@@ -19,8 +19,10 @@ from musicpeft.families import (
     MUSICGEN_STEREO,
     SourceIndex,
     UnsupportedModelError,
+    check_base_source,
     family_of_source,
     get_family,
+    load_base,
     read_source_index,
 )
 from musicpeft.model_card import render_model_card
@@ -74,6 +76,31 @@ def test_unreachable_hub_ids_are_judged_by_name_only(monkeypatch):
     assert family_of_source("facebook/musicgen-small") is MUSICGEN
     monkeypatch.undo()
     assert read_source_index("tiny-musicgen") == SourceIndex("tiny-musicgen")  # tiny names need no files
+
+
+def test_a_base_that_cannot_load_is_refused_naming_base_and_the_offline_choices(tmp_path):
+    assert check_base_source("tiny-musicgen") == SourceIndex("tiny-musicgen")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "musicgen"}))
+    assert check_base_source(str(folder)).config == {"model_type": "musicgen"}
+    with pytest.raises(FileNotFoundError, match=r"base: .*no-such-model: no such folder, and not a Hub repo id"):
+        check_base_source(str(tmp_path / "no-such-model"))
+    with pytest.raises(NotADirectoryError, match=r"base: .*config.json is a file"):
+        check_base_source(str(folder / "config.json"))
+    # The suite runs offline: a Hub id that is not in the cache cannot load, and loading says so at once.
+    for call in (lambda: check_base_source("someone/not-cached"), lambda: load_base("someone/not-cached", "cpu")):
+        with pytest.raises(OSError, match="base: cannot load 'someone/not-cached': it is not a local folder") as info:
+            call()
+        assert "tiny-musicgen-trained" in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
+
+
+def test_a_load_that_fails_later_names_base(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "musicgen"}))  # no weights, no sub-configs
+    with pytest.raises(OSError, match=r"base: cannot load .*model' as a musicgen base \("):
+        load_base(str(folder), "cpu")
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)

@@ -33,7 +33,7 @@ import torch
 from ..adapters.files import AdapterFileError
 from ..api import resolve_source
 from ..data.sources import check_source, load_clips
-from ..families import LOSS_CODEC_TOKENS, get_family
+from ..families import LOSS_CODEC_TOKENS, get_family, loadable_base_family
 from ..metrics import ReferenceSet, compute_clap_kld, load_clap_backend
 from ..tiny import tiny_clap, tiny_clap_processor, trained_clap_path
 from ..training.musicgen_trainer import token_cross_entropy
@@ -43,7 +43,6 @@ from .generation import (
     TINY_AUDIOLDM2,
     TINY_MUSICGEN,
     LoadedBase,
-    base_family,
     default_guidance,
     generate_clips,
     load_base,
@@ -200,7 +199,7 @@ def _check_inputs(args: EvaluateArguments) -> tuple[PromptSet, dict[str, str]]:
     check_source(args.reference, "reference")
     if args.heldout is not None:
         check_source(args.heldout, "heldout")
-    family = get_family(base_family(args.base))
+    family = get_family(loadable_base_family(args.base))
     if args.heldout is not None and getattr(family.training, "loss", None) != LOSS_CODEC_TOKENS:
         raise ValueError(f"heldout: token cross-entropy needs a MusicGen base; {args.base} is a {family.name} base")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):

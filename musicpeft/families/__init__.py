@@ -122,21 +122,57 @@ def read_source_index(source: str) -> SourceIndex:
     try:
         model_index = _hub_json(source, "model_index.json")
         config = None if model_index is not None else _hub_json(source, "config.json")
-    except Exception:  # offline and not cached, or not a valid id: let the loader give its own error
-        return SourceIndex(source, reachable=False)
+    except Exception as error:  # offline and not cached, or not a valid id: families judge by the name alone
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        return SourceIndex(source, reachable=False, reason=reason)
     return SourceIndex(source, model_index=model_index, config=config)
 
 
-def family_of_source(source: str) -> ModelFamily:
-    """The family of the base `source` names (folder, Hub id or tiny name), read from its files, not loaded."""
+def check_base_source(source: str) -> SourceIndex:
+    """The index of a base that can be loaded, or an error naming `base` before anything waits on the Hub in vain.
+
+    Refused: a file, a name that is neither a folder, a tiny name nor a Hub repo id (a mistyped path), and a Hub
+    id whose config could neither be fetched nor found in the Hub cache; loading it would retry for minutes and
+    then fail with a message that names no flag.
+    """
+    if any(source in f.tiny_sources for f in FAMILIES) or os.path.isdir(source):
+        return read_source_index(source)
+    from huggingface_hub.errors import HFValidationError  # lazy: only non-folders need it
+    from huggingface_hub.utils import validate_repo_id
+
+    offline = f"a folder written by save_pretrained or a tiny name ({', '.join(tiny_sources())})"
+    if os.path.exists(source):
+        raise NotADirectoryError(f"base: {source} is a file; expected {offline}, or a Hub repo id")
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise FileNotFoundError(f"base: {source}: no such folder, and not a Hub repo id ('owner/name'); "
+                                f"expected {offline}") from None
     index = read_source_index(source)
+    if not index.reachable or (index.model_index is None and index.config is None):
+        # hf_hub_download answers "not found" both for a repo without the file and for one it could not reach
+        why = f" ({index.reason})" if index.reason else ""
+        raise OSError(f"base: cannot load {source!r}: it is not a local folder, and neither a config.json nor a "
+                      f"model_index.json of it could be fetched from the Hub or found in the Hub cache{why}. "
+                      f"Without the Hub, pass {offline}; HF_HUB_OFFLINE=1 reads the cache without network retries.")
+    return index
+
+
+def family_of_index(index: SourceIndex) -> ModelFamily:
+    """The family that a base's index (see :func:`read_source_index`) describes."""
     family = _most_specific(f for f in FAMILIES if f.matches_source(index))
     if family is None and index.model_index is not None:
         pipelines = ", ".join(c for f in FAMILIES if f.is_pipeline for c in f.class_names)
         raise UnsupportedModelError(
-            f"base: {source} is a {index.model_index.get('_class_name')!r} pipeline; supported pipelines: {pipelines}."
+            f"base: {index.name} is a {index.model_index.get('_class_name')!r} pipeline; supported pipelines: "
+            f"{pipelines}."
         )
     return family if family is not None else DEFAULT_FAMILY
+
+
+def family_of_source(source: str) -> ModelFamily:
+    """The family of the base `source` names (folder, Hub id or tiny name), read from its files, not loaded."""
+    return family_of_index(read_source_index(source))
 
 
 def tiny_sources() -> list[str]:
@@ -148,6 +184,7 @@ __all__ = [
     "DTYPES",
     "base_family",
     "load_base",
+    "loadable_base_family",
     "AUDIOLDM2",
     "DEFAULT_FAMILY",
     "FAMILIES",
@@ -170,8 +207,10 @@ __all__ = [
     "TextEncoderSlot",
     "TrainingDefaults",
     "UnsupportedModelError",
+    "check_base_source",
     "component_family",
     "family_of",
+    "family_of_index",
     "family_of_source",
     "get_family",
     "get_submodule",
@@ -190,8 +229,18 @@ def base_family(source: str) -> str:
     return family_of_source(source).name
 
 
+def loadable_base_family(source: str) -> str:
+    """:func:`base_family` for a base about to be loaded: a source that cannot be loaded is refused first."""
+    return family_of_index(check_base_source(source)).name
+
+
 def load_base(source: str, device: str, dtype: str = "float32") -> LoadedBase:
     """Load the base model or pipeline once, in eval mode, on ``device`` (its family says how)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return family_of_source(source).load(source, device, DTYPES[dtype])
+    family = family_of_index(check_base_source(source))
+    try:
+        return family.load(source, device, DTYPES[dtype])
+    except OSError as error:  # transformers' / diffusers' own message names no flag
+        raise OSError(f"base: cannot load {source!r} as a {family.name} base ({' '.join(str(error).split())})"
+                      ) from error

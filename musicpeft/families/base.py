@@ -101,13 +101,14 @@ class SourceIndex:
 
     `model_index` is a diffusers pipeline's `model_index.json`, `config` a transformers `config.json`;
     either is None when the source does not have it. `reachable` is False when neither could be read
-    (offline and not cached): then only the source's name is known.
+    (offline and not cached): then only the source's name is known, and `reason` says why.
     """
 
     name: str
     model_index: Mapping[str, Any] | None = None
     config: Mapping[str, Any] | None = None
     reachable: bool = True
+    reason: str | None = None
 
 
 @dataclass

@@ -35,9 +35,9 @@ from ..families import (
     TINY_AUDIOLDM2,
     TINY_MUSICGEN,
     LoadedBase,
-    base_family,
     get_family,
     load_base,
+    loadable_base_family,
 )
 from ..io import atomic_write_json
 from ..tuners.concept_identifier.config import placeholder
@@ -230,7 +230,7 @@ def _check_inputs(args: TrainArguments) -> str:
         if inside.startswith(os.path.abspath(args.output_dir) + os.sep):
             raise ValueError(f"checkpoint_dir: {args.checkpoint_dir} lies inside --output-dir {args.output_dir}, "
                              "which a finished run replaces; put the checkpoints beside it")
-    family = base_family(args.base)
+    family = loadable_base_family(args.base)
     training = get_family(family).training
     if training is None:
         raise ValueError(f"base: {args.base} is a {family} model; musicpeft has no training recipe for the {family} "
