@@ -118,3 +118,13 @@ def test_progress_bars_follow_tqdm_disable(monkeypatch):
     with progress_bar(range(2), desc="y") as bar:
         assert list(bar) == [0, 1] and bar.disable
     assert sys.stderr.getvalue() == ""
+
+
+def test_a_later_run_in_the_same_process_may_choose_another_precision():
+    from accelerate import Accelerator
+
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    assert make_accelerator("no").mixed_precision == "no"
+    with pytest.raises(ValueError, match="already been initialized"):  # plain accelerate refuses it (control)
+        Accelerator(mixed_precision="bf16")
+    assert make_accelerator("no").mixed_precision == "no"  # the process is left at the default

@@ -206,3 +206,13 @@ def test_resume_from_a_model_only_checkpoint_is_refused(base, processor, koto, t
     assert all(torch.equal(p, before[n]) for n, p in _lora_weights(model).items())
     with pytest.raises(ResumeError, match="holds no checkpoint-<step> folder"):
         again.train(resume_from_checkpoint=True)
+
+
+def test_the_trainer_may_use_another_precision_than_an_earlier_run(base, processor, koto, tmp_path):
+    from musicpeft.training.accelerate_loop import make_accelerator
+
+    # transformers resets accelerate's state when it builds TrainingArguments; make_accelerator does it for ours
+    assert make_accelerator("no").mixed_precision == "no"  # e.g. a concept recipe ran first in this process
+    trainer = make_musicgen_trainer(_lora(base), processor, koto, **_quiet(tmp_path, max_steps=1, bf16=True))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert make_accelerator("no").mixed_precision == "no"  # and a full-precision run may follow it

@@ -201,6 +201,8 @@ def test_concept_methods_train_and_load_with_the_placeholder(tmp_path):
         TrainArguments(base="tiny-musicgen", data="rendered:107:2", method="pivotal")
     with pytest.raises(ValueError, match="concept: only the methods concepts, pivotal and dreamstyler"):
         TrainArguments(base="tiny-musicgen", data="rendered:107:2", concept="koto")
+    with pytest.raises(ValueError, match="concept: 'a b' cannot be written as a placeholder"):  # before any load
+        TrainArguments(base="tiny-musicgen", data="rendered:107:2", method="concepts", concept="a b")
 
 
 def without_dropout(monkeypatch) -> None:

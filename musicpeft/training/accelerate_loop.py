@@ -42,12 +42,29 @@ INFO_FILE = "trainer_state.json"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
+def allow_mixed_precision(mixed_precision: str) -> None:
+    """Let this process's next ``Accelerator`` use ``mixed_precision``, whatever an earlier run chose.
+
+    accelerate keeps one precision per process (``AcceleratorState``) and refuses another one
+    ("AcceleratorState has already been initialized and cannot be changed, restart your runtime"), so a bf16
+    Trainer run followed by a concept recipe in full precision in the same Python session (a notebook, a script
+    training two adapters) failed. A finished run's choice is forgotten here; the process group
+    (``PartialState``) stays. (transformers resets the state itself before each Trainer.)
+    """
+    from accelerate.state import AcceleratorState
+
+    chosen = AcceleratorState._shared_state.get("_mixed_precision")
+    if chosen is not None and chosen != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1) -> Accelerator:
     """An ``Accelerator`` for :func:`optimizer_steps`, with a clear error for an unknown precision."""
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}.")
     if gradient_accumulation_steps < 1:
         raise ValueError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}.")
+    allow_mixed_precision(mixed_precision)
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps)
 
 

@@ -40,7 +40,7 @@ from ..families import (
     loadable_base_family,
 )
 from ..io import atomic_write_json
-from ..tuners.concept_identifier.config import placeholder
+from ..tuners.concept_identifier.config import CONCEPT_NAME, placeholder
 from ..tuners.soft_prompt import SoftMusicPromptConfig
 from .collator import precompute_codes
 from .diffusion import DiffusionTrainingArguments, evaluate_audioldm2, resolve_trainable, train_audioldm2
@@ -157,6 +157,9 @@ class TrainArguments:
             if not self.concept:
                 raise ValueError(f"concept: --method {self.method} needs --concept NAME (the word prompts write as "
                                  "<NAME>)")
+            if not CONCEPT_NAME.fullmatch(self.concept):
+                raise ValueError(f"concept: {self.concept!r} cannot be written as a placeholder <NAME>; use letters, "
+                                 "digits, '_' or '-'")
             if self.gradient_accumulation_steps != 1 or self.resume is not None:
                 raise ValueError(f"method: {self.method} supports neither --gradient-accumulation-steps nor --resume")
         elif self.concept is not None:
