@@ -135,12 +135,13 @@ def check_base_source(source: str) -> SourceIndex:
     id whose config could neither be fetched nor found in the Hub cache; loading it would retry for minutes and
     then fail with a message that names no flag.
     """
-    if any(source in f.tiny_sources for f in FAMILIES) or os.path.isdir(source):
+    tiny = tiny_sources()
+    if source in tiny or os.path.isdir(source):
         return read_source_index(source)
     from huggingface_hub.errors import HFValidationError  # lazy: only non-folders need it
     from huggingface_hub.utils import validate_repo_id
 
-    offline = f"a folder written by save_pretrained or a tiny name ({', '.join(tiny_sources())})"
+    offline = f"a folder written by save_pretrained or a tiny name ({', '.join(tiny)})"
     if os.path.exists(source):
         raise NotADirectoryError(f"base: {source} is a file; expected {offline}, or a Hub repo id")
     try:
